@@ -1,0 +1,154 @@
+"""Head building blocks, one class per block type, looked up by name in `BLOCKS`.
+
+Every block maps (B, in_channels, H, W) -> (B, out_channels, H, W) at stride 1 (the backbone also uses
+`RepVGGBlock` at stride 2). Adding a block type is adding one class decorated with `@register_block`.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Callable
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from .activations import make_activation
+
+BLOCKS: dict[str, type[nn.Module]] = {}
+
+
+def register_block(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    def add(cls: type[nn.Module]) -> type[nn.Module]:
+        if name in BLOCKS:
+            raise ValueError(f"block {name!r} is already registered as {BLOCKS[name].__name__}")
+        BLOCKS[name] = cls
+        return cls
+
+    return add
+
+
+def build_block(name: str, in_channels: int, out_channels: int, **options) -> nn.Module:
+    """Builds a registered block, passing only the options its constructor takes."""
+    name = getattr(name, "value", name)
+    if name not in BLOCKS:
+        raise ValueError(f"block={name!r} is not registered; choose one of {sorted(BLOCKS)}")
+    cls = BLOCKS[name]
+    accepted = inspect.signature(cls.__init__).parameters
+    return cls(in_channels, out_channels, **{k: v for k, v in options.items() if k in accepted})
+
+
+class ConvNorm(nn.Sequential):
+    """Conv without bias followed by a norm layer: a RepVGG branch."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, norm_layer=nn.BatchNorm2d):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, bias=False)
+        self.bn = norm_layer(out_channels)
+
+
+def _fuse_norm(kernel: torch.Tensor, bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Folds an eval-mode BN (or FrozenBatchNorm2d) into the preceding conv's kernel and bias."""
+    std = (bn.running_var + bn.eps).sqrt()
+    scale = bn.weight / std
+    return kernel * scale.reshape(-1, 1, 1, 1), bn.bias - bn.running_mean * scale
+
+
+@register_block("repvgg")
+class RepVGGBlock(nn.Module):
+    """RepVGG block: kxk conv-BN + 1x1 conv-BN (+ identity BN), summed, then the activation.
+
+    `reparameterize()` folds the branches into one kxk conv with bias (the deploy form), same outputs.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
+                 activation: str = "relu", norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d):
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride = kernel_size, stride
+        self.dense = ConvNorm(in_channels, out_channels, kernel_size, stride, norm_layer)
+        self.pointwise = ConvNorm(in_channels, out_channels, 1, stride, norm_layer)
+        self.identity = norm_layer(in_channels) if in_channels == out_channels and stride == 1 else None
+        self.fused: nn.Conv2d | None = None
+        self.act = make_activation(activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused is not None:
+            return self.act(self.fused(x))
+        y = self.dense(x) + self.pointwise(x)
+        if self.identity is not None:
+            y = y + self.identity(x)
+        return self.act(y)
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        if self.fused is not None:
+            return
+        k = self.kernel_size
+        kernel, bias = _fuse_norm(self.dense.conv.weight, self.dense.bn)
+        k1, b1 = _fuse_norm(self.pointwise.conv.weight, self.pointwise.bn)
+        kernel = kernel + F.pad(k1, [k // 2] * 4)
+        bias = bias + b1
+        if self.identity is not None:
+            eye = torch.zeros_like(kernel)
+            eye[torch.arange(self.in_channels), torch.arange(self.in_channels), k // 2, k // 2] = 1.0
+            ki, bi = _fuse_norm(eye, self.identity)
+            kernel, bias = kernel + ki, bias + bi
+        self.fused = nn.Conv2d(self.in_channels, self.out_channels, k, self.stride, k // 2, bias=True)
+        self.fused.to(kernel)
+        self.fused.weight.copy_(kernel)
+        self.fused.bias.copy_(bias)
+        self.dense, self.pointwise, self.identity = None, None, None
+
+
+@register_block("dsconv")
+class DepthwiseSeparableBlock(nn.Module):
+    """The user's block: depthwise kxk conv, activation, pointwise 1x1 conv, activation; optional BN after each conv."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, activation: str = "relu6",
+                 norm: bool = False):
+        super().__init__()
+        self.depthwise = nn.Conv2d(in_channels, in_channels, kernel_size, padding=kernel_size // 2,
+                                   groups=in_channels, bias=not norm)
+        self.depthwise_norm = nn.BatchNorm2d(in_channels) if norm else nn.Identity()
+        self.depthwise_act = make_activation(activation)
+        self.pointwise = nn.Conv2d(in_channels, out_channels, 1, bias=not norm)
+        self.pointwise_norm = nn.BatchNorm2d(out_channels) if norm else nn.Identity()
+        self.pointwise_act = make_activation(activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.depthwise_act(self.depthwise_norm(self.depthwise(x)))
+        return self.pointwise_act(self.pointwise_norm(self.pointwise(x)))
+
+
+@register_block("mbconv")
+class InvertedResidualBlock(nn.Module):
+    """MobileNetV2 inverted residual: 1x1 expand, depthwise kxk, linear 1x1 project; residual when shapes match."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, activation: str = "relu6",
+                 expansion: int = 4, norm: bool = True):
+        super().__init__()
+        hidden = in_channels * expansion
+        self.expand = nn.Conv2d(in_channels, hidden, 1, bias=not norm)
+        self.expand_norm = nn.BatchNorm2d(hidden) if norm else nn.Identity()
+        self.expand_act = make_activation(activation)
+        self.depthwise = nn.Conv2d(hidden, hidden, kernel_size, padding=kernel_size // 2, groups=hidden,
+                                   bias=not norm)
+        self.depthwise_norm = nn.BatchNorm2d(hidden) if norm else nn.Identity()
+        self.depthwise_act = make_activation(activation)
+        self.project = nn.Conv2d(hidden, out_channels, 1, bias=not norm)
+        self.project_norm = nn.BatchNorm2d(out_channels) if norm else nn.Identity()
+        self.residual = in_channels == out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.expand_act(self.expand_norm(self.expand(x)))
+        y = self.depthwise_act(self.depthwise_norm(self.depthwise(y)))
+        y = self.project_norm(self.project(y))
+        return x + y if self.residual else y
+
+
+def reparameterize(model: nn.Module) -> nn.Module:
+    """Turns every reparameterisable block of `model` into its deploy form, in place; returns `model`."""
+    for module in list(model.modules()):
+        if module is not model and hasattr(module, "reparameterize") and callable(module.reparameterize):
+            module.reparameterize()
+    return model
