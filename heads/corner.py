@@ -24,7 +24,7 @@ class SoftArgmax2d(nn.Module):
     def forward(self, score_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, H, W) scores -> x (B,), y (B,), probabilities (B, H*W)."""
         prob = score_map.flatten(1).softmax(dim=1)
-        return prob @ self.coord_x.to(prob.dtype), prob @ self.coord_y.to(prob.dtype), prob
+        return (prob * self.coord_x).sum(dim=1), (prob * self.coord_y).sum(dim=1), prob
 
 
 class CornerHead(nn.Module):

@@ -1,0 +1,70 @@
+"""Typed schemas for the tracker's config groups, and helpers that compose and validate configs.
+
+Schemas are registered in Hydra's ConfigStore by `hydra_plugins/lighttrack_schemas`, which Hydra imports
+at start-up, so every app (and `compose()` in tests) sees them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+STRIDE = 16
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class ModelConf:
+    """STARK-Lightning; the head comes from the `head` group."""
+
+    _target_: str = "tracker.model.StarkLightning"
+    head: Any = "${head}"
+    template_size: int = 128
+    search_size: int = 320
+    hidden_dim: int = 128
+    num_heads: int = 8
+    ffn_dim: int = 1024
+    dropout: float = 0.1
+    backbone_depths: list[int] = field(default_factory=lambda: [1, 2, 4, 4])
+    backbone_widths: list[int] = field(default_factory=lambda: [48, 48, 96, 192])
+    frozen_bn: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("template_size", "search_size"):
+            size = getattr(self, name)
+            if size < STRIDE or size % STRIDE:
+                raise ConfigError(f"model.{name}={size} is not allowed: a positive multiple of {STRIDE}")
+        if self.hidden_dim % 2 or self.hidden_dim % self.num_heads:
+            raise ConfigError(f"model.hidden_dim={self.hidden_dim} is not allowed: even and divisible by "
+                              f"model.num_heads={self.num_heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout={self.dropout} is not allowed: in [0, 1)")
+        for name in ("backbone_depths", "backbone_widths"):
+            values: Sequence[int] = getattr(self, name)
+            if len(values) != 4 or any(v < 1 for v in values):
+                raise ConfigError(f"model.{name}={list(values)} is not allowed: 4 positive integers (stage0..3)")
+
+
+def validate(cfg: DictConfig) -> Any:
+    """Runs every schema's checks (`__post_init__`) on a composed config; raises before any work starts."""
+    return OmegaConf.to_object(cfg)
+
+
+def compose(config_name: str, overrides: Sequence[str] = (), config_dir: str | Path | None = None,
+            return_hydra_config: bool = False) -> DictConfig:
+    """Composes a config outside a Hydra app (tests, notebooks, the sweeper), then validates it."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(Path(config_dir or CONF_DIR).resolve()), version_base="1.3"):
+        cfg = hydra_compose(config_name=config_name, overrides=list(overrides),
+                            return_hydra_config=return_hydra_config)
+    validate(cfg if not return_hydra_config else OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+    return cfg
