@@ -14,10 +14,15 @@ import time
 from collections import Counter
 from typing import Any, Callable
 
+import warnings
+
 import torch
 from torch import nn
 
 from .blocks import reparameterize
+
+# fvcore's import scripts a helper with torch.jit.script, which new torch flags as deprecated; harmless here
+warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
 
 
 def _sdpa_macs(inputs: list[Any], outputs: list[Any]) -> int:

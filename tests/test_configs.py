@@ -1,0 +1,35 @@
+"""Every primary config in conf/ composes, with its defaults and with every option of each of its groups."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tracker.config import CONF_DIR, compose
+
+PRIMARY = sorted(p.stem for p in CONF_DIR.glob("*.yaml"))
+GROUPS = {d.name: sorted(p.stem for p in d.glob("*.yaml")) for d in CONF_DIR.iterdir() if d.is_dir()}
+
+
+def _groups_of(config_name: str) -> list[str]:
+    defaults = yaml.safe_load((CONF_DIR / f"{config_name}.yaml").read_text()).get("defaults", [])
+    return [next(iter(d)) for d in defaults if isinstance(d, dict) and next(iter(d)) in GROUPS]
+
+
+CASES = [(name, None, None) for name in PRIMARY] + [
+    (name, group, option) for name in PRIMARY for group in _groups_of(name) for option in GROUPS[group]]
+
+
+def test_there_are_configs_to_compose():
+    assert "profile" in PRIMARY and {"repvgg", "dsconv", "mbconv"} <= set(GROUPS["head"])
+
+
+@pytest.mark.parametrize("config_name,group,option", CASES,
+                         ids=[f"{c}:{g}={o}" if g else c for c, g, o in CASES])
+def test_config_composes(config_name, group, option):
+    overrides = [f"{group}={option}"] if group else []
+    cfg = compose(config_name, overrides)
+    assert cfg is not None
+    if group:
+        assert group in cfg

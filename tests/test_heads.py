@@ -1,0 +1,157 @@
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ValidationError
+from torch import nn
+
+from heads import BLOCKS, CornerHead, HeadSpecError, SoftArgmax2d, build_block, register_block, reparameterize
+from heads.profile import count_macs, count_params, deploy_copy, profile_head
+from tracker.config import compose
+
+
+def _randomise_bn(module: nn.Module) -> None:
+    """Non-trivial BN statistics so the fusion test can fail."""
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.5, 0.5)
+
+
+def _head(preset: str, *overrides: str) -> nn.Module:
+    from hydra.utils import instantiate
+
+    cfg = compose("profile", [f"head={preset}", *overrides])
+    return instantiate(cfg.head)(in_channels=128, feat_size=20)
+
+
+def test_baseline_head_counts_match_spec():
+    head = _head("repvgg")
+    assert count_params(head) == 331_522
+    deployed = deploy_copy(head)
+    assert count_params(deployed) == 297_474
+    macs, _, _ = count_macs(deployed, (torch.zeros(1, 128, 20, 20),))
+    assert macs == 118_886_400
+
+
+def test_user_dsconv_head_counts_match_spec():
+    head = _head("dsconv")
+    assert count_params(head) == 14_466
+    assert profile_head(head, 128, 20)["head_macs"] == 5_657_600
+
+
+def test_dsconv_variants_scale_with_block_count():
+    params = [count_params(_head("dsconv", f"head.num_blocks={n}")) for n in range(2, 7)]
+    # each extra 64-wide block adds a 3x3 depthwise (576 + 64) and a 1x1 pointwise (4096 + 64)
+    assert [b - a for a, b in zip(params, params[1:])] == [4_800] * 4
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_repvgg_reparameterisation_keeps_outputs(kernel):
+    head = CornerHead(16, 8, block="repvgg", channels=[16, 24, 24], num_blocks=3, kernel_size=kernel).eval()
+    _randomise_bn(head)
+    x = torch.randn(3, 16, 8, 8)
+    before_corners, before_maps = head(x, return_maps=True)
+    reparameterize(head)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in head.modules())
+    after_corners, after_maps = head(x, return_maps=True)
+    assert (before_corners - after_corners).abs().max() < 1e-4
+    assert (before_maps - after_maps).abs().max() < 1e-4
+
+
+def test_soft_argmax_on_a_known_score_map():
+    decode = SoftArgmax2d(feat_size=4, stride=16)
+    scores = torch.full((1, 4, 4), -1e4)
+    scores[0, 2, 1] = 10.0  # row 2 (y), column 1 (x): cell centre (1.5 * 16, 2.5 * 16) / 64
+    x, y, prob = decode(scores)
+    assert torch.allclose(x, torch.tensor([24 / 64])) and torch.allclose(y, torch.tensor([40 / 64]))
+    assert prob.shape == (1, 16) and torch.allclose(prob.sum(1), torch.ones(1))
+    x, y, _ = decode(torch.zeros(1, 4, 4))  # uniform scores: the centre of the map
+    assert torch.allclose(torch.stack((x, y)), torch.full((2, 1), 0.5))
+
+
+def test_soft_argmax_grid_matches_spec():
+    decode = SoftArgmax2d(feat_size=20, stride=16)
+    assert torch.allclose(decode.coord_x[:3] * 320, torch.tensor([8.0, 24.0, 40.0]))
+    assert decode.coord_x[19] * 320 == pytest.approx(312.0)
+    assert "coord_x" not in decode.state_dict()  # grid travels with .to(), not in checkpoints
+
+
+def test_corner_head_returns_maps_and_moves_with_to():
+    head = CornerHead(8, 5, block="dsconv", channels=8, activation="hardswish")
+    corners, maps = head(torch.randn(2, 8, 5, 5), return_maps=True)
+    assert corners.shape == (2, 4) and maps.shape == (2, 2, 5, 5)
+    assert torch.allclose(maps.sum((2, 3)), torch.ones(2, 2))
+    head.to(torch.float64)
+    assert head.decode.coord_x.dtype == torch.float64
+
+
+@pytest.mark.parametrize("block", sorted(BLOCKS))
+@pytest.mark.parametrize("activation", ["relu", "relu6", "hardswish", "silu", "gelu", "leaky_relu"])
+def test_every_block_and_activation_builds_and_keeps_size(block, activation):
+    head = CornerHead(16, 6, block=block, num_blocks=2, channels=[8, 12], activation=activation, kernel_size=5)
+    assert head.score_maps(torch.randn(1, 16, 6, 6)).shape == (1, 2, 6, 6)
+
+
+def test_mbconv_residual_only_when_shapes_match():
+    same = build_block("mbconv", 8, 8, expansion=2)
+    changed = build_block("mbconv", 8, 16, expansion=2)
+    assert same.residual and not changed.residual
+    same.eval()
+    nn.init.zeros_(same.project_norm.weight)
+    nn.init.zeros_(same.project_norm.bias)
+    x = torch.randn(1, 8, 4, 4)
+    assert torch.allclose(same(x), x)  # zero branch: the block is the identity
+
+
+def test_adding_a_block_type_is_one_class(monkeypatch):
+    monkeypatch.setattr("heads.blocks.BLOCKS", dict(BLOCKS))
+
+    @register_block("plain")
+    class PlainConvBlock(nn.Module):
+        def __init__(self, in_channels, out_channels, kernel_size=3):
+            super().__init__()
+            self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+
+        def forward(self, x):
+            return self.conv(x)
+
+    block = build_block("plain", 4, 6, kernel_size=3, activation="relu", expansion=2)
+    assert isinstance(block, PlainConvBlock)
+
+
+@pytest.mark.parametrize("override,field,value", [
+    ("head.kernel_size=4", "head.kernel_size", "4"),
+    ("head.channels=0", "head.channels", "0"),
+    ("head.num_blocks=0", "head.num_blocks", "0"),
+    ("head.num_blocks=9", "head.num_blocks", "9"),
+    ("head.channels=[64,64,64]", "head.channels", "[64, 64, 64]"),
+    ("head.final_kernel_size=2", "head.final_kernel_size", "2"),
+])
+def test_bad_numbers_fail_at_composition_naming_field_and_value(override, field, value):
+    with pytest.raises(HeadSpecError) as err:
+        compose("profile", ["head=dsconv", override])
+    message = str(err.value)
+    assert field in message and value in message and "allowed" in message
+
+
+def test_unknown_activation_fails_at_composition_listing_choices():
+    with pytest.raises((ConfigCompositionException, ValidationError)) as err:
+        compose("profile", ["head=dsconv", "head.activation=relu7"])
+    message = str(err.value) + str(err.value.__cause__)
+    assert "relu7" in message and "relu6" in message and "activation" in message
+
+
+def test_unknown_block_fails_at_composition():
+    with pytest.raises((ConfigCompositionException, ValidationError)) as err:
+        compose("profile", ["head.block=transformer"])
+    message = str(err.value) + str(err.value.__cause__)
+    assert "transformer" in message and "dsconv" in message
+
+
+def test_width_list_one_per_block():
+    head = _head("dsconv", "head.num_blocks=3", "head.channels=[96,64,32]")
+    assert [b.pointwise.out_channels for b in head.blocks] == [96, 64, 32]
+    assert head.predictor.in_channels == 32
