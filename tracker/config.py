@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -49,6 +49,65 @@ class ModelConf:
             values: Sequence[int] = getattr(self, name)
             if len(values) != 4 or any(v < 1 for v in values):
                 raise ConfigError(f"model.{name}={list(values)} is not allowed: 4 positive integers (stage0..3)")
+
+
+FIDELITIES = ("full", "finetune", "head")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+
+
+@dataclass
+class TrainerConf:
+    """How a trial trains: STARK-Lightning's recipe (SPEC.md) at the preset's scale."""
+
+    fidelity: str = "full"  # full | finetune | head
+    trunk: Optional[str] = None  # checkpoint for finetune/head; null: the cached baseline trunk for this data
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str = "auto"  # auto (bf16 where supported, else fp16 with a scaler; off on CPU) | bf16 | fp16 | off
+    template_size: int = 128
+    search_size: int = 320
+    epochs: int = 500
+    pairs_per_epoch: int = 60_000
+    batch_size: int = 16
+    num_workers: int = 4
+    lr: float = 1e-4
+    backbone_lr_scale: float = 0.1
+    weight_decay: float = 1e-4
+    grad_clip: float = 0.1
+    lr_step_epochs: int = 400
+    lr_gamma: float = 0.1
+    giou_weight: float = 2.0
+    l1_weight: float = 5.0
+    freeze_stage0: bool = True
+    seed: int = 42
+    deterministic: bool = False
+    head_feature_pairs: int = 0  # head fidelity: cached trunk features for this many pairs (0: one epoch's worth)
+    trunk_epochs: int = 0  # the auto-trained baseline trunk's epochs (0: same as `epochs`)
+    report_every: int = 1  # epochs between intermediate evaluations reported to a pruner (0: never)
+
+    def __post_init__(self) -> None:
+        def fail(name: str, allowed: str) -> None:
+            raise ConfigError(f"trainer.{name}={getattr(self, name)!r} is not allowed: {allowed}")
+
+        if self.fidelity not in FIDELITIES:
+            fail("fidelity", f"one of {list(FIDELITIES)}")
+        if self.amp not in AMP_MODES:
+            fail("amp", f"one of {list(AMP_MODES)}")
+        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
+            fail("device", "auto, cpu, cuda or cuda:N")
+        for name in ("template_size", "search_size"):
+            if getattr(self, name) < STRIDE or getattr(self, name) % STRIDE:
+                fail(name, f"a positive multiple of {STRIDE}")
+        for name in ("epochs", "pairs_per_epoch", "batch_size", "lr_step_epochs"):
+            if getattr(self, name) < 1:
+                fail(name, "an integer >= 1")
+        for name in ("num_workers", "head_feature_pairs", "trunk_epochs", "report_every"):
+            if getattr(self, name) < 0:
+                fail(name, "an integer >= 0")
+        for name in ("lr", "weight_decay", "grad_clip", "giou_weight", "l1_weight", "backbone_lr_scale"):
+            if getattr(self, name) < 0:
+                fail(name, "a number >= 0")
+        if self.lr == 0:
+            fail("lr", "a number > 0")
 
 
 def validate(cfg: DictConfig) -> Any:

@@ -56,25 +56,30 @@ class StarkLightning(nn.Module):
         tokens, mask = self._embed(image, mask)
         return TemplateMemory(tokens, self.template_pos().expand(tokens.shape[0], -1, -1), mask)
 
-    def track(self, image: torch.Tensor, mask: torch.Tensor, template: TemplateMemory,
-              return_maps: bool = False) -> dict[str, torch.Tensor]:
-        """Search branch: (B, 3, Hs, Ws), (B, Hs, Ws) against cached template tokens.
-
-        Returns `corners` normalised (x1, y1, x2, y2), `boxes` normalised (cx, cy, w, h), and with
-        `return_maps` the corner probability maps `maps` (B, 2, h, w)."""
+    def search_features(self, image: torch.Tensor, mask: torch.Tensor, template: TemplateMemory) -> torch.Tensor:
+        """The head's input: encoder output for the search tokens as a (B, C, h, w) map."""
         tokens, search_mask = self._embed(image, mask)
         pos = self.search_pos().expand(tokens.shape[0], -1, -1)
         memory = torch.cat((template.tokens, tokens), dim=1)
         memory_pos = torch.cat((template.pos, pos), dim=1)
         memory_mask = torch.cat((template.mask, search_mask), dim=1)
         out = self.encoder(tokens, pos, memory, memory_pos, memory_mask)
-        feat = out.transpose(1, 2).unflatten(2, (self.search_feat, self.search_feat))
-        result = self.head(feat, return_maps=True) if return_maps else self.head(feat)
+        return out.transpose(1, 2).unflatten(2, (self.search_feat, self.search_feat))
+
+    def predict(self, features: torch.Tensor, return_maps: bool = False) -> dict[str, torch.Tensor]:
+        """Head on (B, C, h, w) features: `corners` normalised (x1, y1, x2, y2), `boxes` normalised
+        (cx, cy, w, h), and with `return_maps` the corner probability maps `maps` (B, 2, h, w)."""
+        result = self.head(features, return_maps=True) if return_maps else self.head(features)
         corners, maps = result if return_maps else (result, None)
         out = {"corners": corners, "boxes": box_convert(corners, "xyxy", "cxcywh")}
         if maps is not None:
             out["maps"] = maps
         return out
+
+    def track(self, image: torch.Tensor, mask: torch.Tensor, template: TemplateMemory,
+              return_maps: bool = False) -> dict[str, torch.Tensor]:
+        """Search branch: (B, 3, Hs, Ws) crop and (B, Hs, Ws) padding mask against cached template tokens."""
+        return self.predict(self.search_features(image, mask, template), return_maps)
 
     def forward(self, template_image, template_mask, search_image, search_mask, return_maps: bool = False):
         return self.track(search_image, search_mask, self.encode_template(template_image, template_mask),
