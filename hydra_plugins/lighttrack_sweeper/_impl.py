@@ -1,0 +1,425 @@
+"""The sweep loop: Optuna's ask/tell around Hydra's launcher, in batches of n_jobs trials.
+
+Each asked trial is composed and costed before it trains: a config that fails validation fails untrained,
+one over the budget is pruned untrained, one whose resolved config matches an earlier trial is settled with
+that trial's result. The rest are launched; what each job returns is checked against the objectives.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+import traceback
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.plugins import Plugins
+from hydra.types import HydraContext, TaskFunction
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from optuna.trial import FrozenTrial, TrialState
+
+from search.objectives import ObjectiveError, objective_values, parse_objectives, scalar_metrics
+from search.space import Space, build_space, format_value, merge_overrides
+from search.study import (fail_orphans, forget, local_lock, open_storage, owner_attrs, remember,
+                          storage_location)
+
+log = logging.getLogger(__name__)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+class SweepConfigError(ValueError):
+    """A sweeper setting that cannot work; raised before any trial runs."""
+
+
+class SweepFailed(RuntimeError):
+    """Every trial this process ran failed (the process exits non-zero)."""
+
+
+@dataclass
+class Outcome:
+    """What a job sends back: the task's return or its error as text (exceptions need not unpickle)."""
+
+    value: Any = None
+    error: Optional[str] = None
+    pruned: bool = False
+    traceback: Optional[str] = None
+    seconds: float = 0.0
+
+
+class TimedTask:
+    """Wraps the task function so every job reports its own wall time and its error as text."""
+
+    def __init__(self, task_function: TaskFunction):
+        self.task_function = task_function
+
+    def __call__(self, cfg: DictConfig) -> Outcome:
+        start = time.perf_counter()
+        try:
+            value = self.task_function(cfg)
+        except optuna.TrialPruned as e:
+            return Outcome(error=str(e) or "pruned", pruned=True, seconds=time.perf_counter() - start)
+        except Exception as e:  # a failed trial, recorded; the sweep goes on
+            return Outcome(error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(),
+                           seconds=time.perf_counter() - start)
+        return Outcome(value=value, seconds=time.perf_counter() - start)
+
+
+@dataclass
+class Job:
+    trial: optuna.Trial
+    overrides: list[str]
+    params: dict[str, Any]
+    run_dir: str
+    key: str
+    role: Optional[str] = None
+    started: float = field(default_factory=time.perf_counter)
+
+
+def config_key(task_cfg: DictConfig) -> str:
+    """Identity of a trial's architecture and recipe: the resolved job config without Hydra's node."""
+    text = json.dumps(OmegaConf.to_container(task_cfg, resolve=True, enum_to_str=True), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int) and abs(value) >= 10_000:
+        return f"{value:.3g}"
+    return str(value)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class SweeperImpl:
+    def __init__(self, sampler: Any, pruner: Any, study_name: str, storage: Optional[str], objectives: Any,
+                 space: Any, n_trials: Optional[int], max_trials: Optional[int], n_jobs: Optional[int], seed: int,
+                 cost: Any, budget: Any, enqueue: Any, max_settled: int = 200, trial: Optional[int] = None) -> None:
+        self.sampler_cfg, self.pruner_cfg = sampler, pruner
+        self.study_name, self.storage = study_name, storage
+        self.objectives = parse_objectives(OmegaConf.to_container(objectives, resolve=True)
+                                           if OmegaConf.is_config(objectives) else objectives)
+        self.space_cfg = OmegaConf.to_container(space, resolve=True) if OmegaConf.is_config(space) else space
+        self.n_trials, self.max_trials, self.n_jobs, self.seed = n_trials, max_trials, n_jobs, seed
+        self.max_settled = max_settled
+        self.cost_cfg = cost
+        self.budget = {k: v for k, v in dict(budget or {}).items() if v is not None}
+        self.enqueue = {str(k): list(v) for k, v in dict(enqueue or {}).items()}
+        for name in ("n_trials", "max_trials", "n_jobs", "max_settled"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise SweepConfigError(f"hydra.sweeper.{name}={value} is not allowed: null or an integer >= 1")
+        if n_trials is None and max_trials is None:
+            raise SweepConfigError("hydra.sweeper.n_trials and hydra.sweeper.max_trials are both null: set one "
+                                   "(n_trials: trials this process adds; max_trials: the study's total)")
+        self.multi = len(self.objectives) > 1
+        if self.multi and pruner is not None and pruner.get("_target_") != "optuna.pruners.NopPruner":
+            raise SweepConfigError(f"hydra.sweeper.pruner={pruner.get('_target_')} is not allowed with "
+                                   f"{len(self.objectives)} objectives: Optuna prunes single-objective studies "
+                                   "only (use hydra/sweeper/pruner=none, or one objective)")
+
+    # -- set-up --------------------------------------------------------------------------------------------
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.hydra_context, self.config = hydra_context, config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=TimedTask(task_function), config=config)
+        self.cost_fn: Optional[Callable[[DictConfig], dict]] = instantiate(self.cost_cfg) if self.cost_cfg else None
+        if self.budget and self.cost_fn is None:
+            raise SweepConfigError(f"hydra.sweeper.budget={self.budget} needs hydra.sweeper.cost (a callable that "
+                                   "returns the cost figures the budget names)")
+        self.location = storage_location(self.storage, config.hydra.sweep.dir)
+        if self.n_jobs is None:
+            jobs = config.hydra.launcher.get("n_jobs", 1) or 1
+            self.n_jobs = (os.cpu_count() or 1) if jobs < 0 else int(jobs)
+        self.job_idx = 0
+
+    def _open_study(self, space: Space) -> optuna.Study:
+        directions = [o.direction for o in self.objectives]
+        storage = open_storage(self.location)
+        study = optuna.create_study(storage=storage, study_name=self.study_name, directions=directions,
+                                    pruner=instantiate(self.pruner_cfg) if self.pruner_cfg else None,
+                                    load_if_exists=True)
+        have = [d.name.lower() for d in study.directions]
+        names = [o.name for o in self.objectives]
+        if have != directions or (study.metric_names and study.metric_names != names):
+            raise SweepConfigError(
+                f"study {self.study_name!r} in {self.location} optimises {study.metric_names} {have}, but "
+                f"hydra.sweeper.objectives asks {names} {directions}: use another hydra.sweeper.study_name")
+        if not study.metric_names:
+            study.set_metric_names(names)
+            study.set_user_attr("objectives", [vars(o) for o in self.objectives])
+            study.set_user_attr("budget", self.budget)
+            study.set_user_attr("space", {d.name: repr(d.distribution) for d in space.dimensions})
+        index = int(study.user_attrs.get("sweep_processes", 0))
+        study.set_user_attr("sweep_processes", index + 1)
+        # each process gets its own deterministic stream, so concurrent sweeps do not propose the same trials
+        seed = self.seed + 1000 * index
+        kwargs: dict[str, Any] = {"seed": seed}
+        if self.sampler_cfg.get("_target_") == "optuna.samplers.GridSampler":
+            kwargs["search_space"] = space.grid()
+        study.sampler = instantiate(self.sampler_cfg, **kwargs)
+        orphans = fail_orphans(study, storage)
+        if orphans:
+            log.warning("trials %s were RUNNING in a sweep process that died: marked FAIL", orphans)
+        remember(self.location, storage)
+        return study
+
+    def _compose(self, overrides: Sequence[str], number: Optional[int] = None) -> DictConfig:
+        extra = [] if number is None else [f"hydra.sweeper.trial={number}"]
+        return self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides) + extra)
+
+    def _enqueue_references(self, study: optuna.Study, space: Space) -> None:
+        """Reference trials (the baseline, the user's head) go first, once per study."""
+        roles = {t.user_attrs.get("role") for t in study.get_trials(deepcopy=False)}
+        for role, overrides in self.enqueue.items():
+            if role in roles:
+                continue
+            overrides = merge_overrides(space.fixed, overrides)
+            cfg = self._compose(overrides)
+            choices = cfg.hydra.runtime.choices
+
+            def lookup(name: str) -> Any:
+                return choices[name] if name in choices else OmegaConf.select(cfg, name, default=None)
+
+            params = space.reference_params(lookup)
+            study.enqueue_trial(params, user_attrs={"role": role, "reference_overrides": overrides,
+                                                    "reference_params": sorted(params)})
+            log.info("enqueued the %s: %s", role, " ".join(overrides))
+
+    # -- the loop ------------------------------------------------------------------------------------------
+    def sweep(self, arguments: list[str]) -> list[tuple[int, str]]:
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        space = build_space(self.space_cfg, arguments, parser)
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        _atomic_write(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(self.config))
+        with local_lock(self.location):
+            study = self._open_study(space)
+            self._enqueue_references(study, space)
+        log.info("study %r in %s: %d trial(s) so far; objectives %s; dimensions %s", self.study_name, self.location,
+                 len(study.trials), [f"{o.direction[:3]} {o.name}" for o in self.objectives],
+                 [d.name for d in space.dimensions])
+        self.states: Counter = Counter()
+        launched = settled_in_a_row = 0
+        try:
+            while True:
+                batch: list[Job] = []
+                deferred: list[tuple[optuna.Trial, Job]] = []
+                while len(batch) < self.n_jobs and (self.n_trials is None or launched < self.n_trials):
+                    if settled_in_a_row >= self.max_settled:
+                        log.warning("stopping: the last %d candidates were all settled without training (over "
+                                    "budget or duplicates); widen the space or the budget", settled_in_a_row)
+                        break
+                    with local_lock(self.location):
+                        if not self._room(study):
+                            break
+                        trial = study.ask()
+                        job = self._prepare(study, trial, space, batch, deferred)
+                        if job is not None:
+                            trial.set_user_attr("trained", True)
+                    if job is None:
+                        settled_in_a_row += 1
+                    else:
+                        batch.append(job)
+                        launched += 1
+                        settled_in_a_row = 0
+                if not batch and not deferred:
+                    break
+                self._run(study, batch)
+                for trial, original in deferred:
+                    self._settle_duplicate(study, trial, study.trials[original.trial.number], time.perf_counter())
+        finally:
+            forget(self.location)
+        self._summary(study)
+        return [(t.number, t.state.name) for t in study.trials]
+
+    def _room(self, study: optuna.Study) -> bool:
+        if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study) and \
+                not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            log.info("the grid is exhausted")
+            return False
+        if self.max_trials is None:
+            return True
+        trained = [t for t in study.get_trials(deepcopy=False, states=FINISHED + (TrialState.RUNNING,))
+                   if t.user_attrs.get("trained")]
+        return len(trained) < self.max_trials
+
+    def _prepare(self, study: optuna.Study, trial: optuna.Trial, space: Space, batch: list[Job],
+                 deferred: list) -> Optional[Job]:
+        """Suggest, compose and cost one trial; settle it here when that is enough (returns None)."""
+        started = time.perf_counter()
+        role = trial.user_attrs.get("role")
+        if role is not None:
+            params = space.suggest(trial, only=trial.user_attrs.get("reference_params", []))
+            overrides = list(trial.user_attrs["reference_overrides"])
+        else:
+            params = space.suggest(trial)
+            overrides = space.overrides(params)
+        for k, v in {"overrides": overrides, **owner_attrs()}.items():
+            trial.set_user_attr(k, v)
+        try:
+            cfg = self._compose(overrides, trial.number)
+            task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+            key = config_key(task)
+            if "head" in task:
+                trial.set_user_attr("head", OmegaConf.to_container(task.head, resolve=True, enum_to_str=True))
+            cost = self.cost_fn(cfg) if self.cost_fn else {}
+        except Exception as e:  # a config that cannot compose or validate never trains
+            self._tell(study, trial, params, role, TrialState.FAIL, started,
+                       reason=f"rejected before training: {type(e).__name__}: {e}")
+            return None
+        run_dir = str((Path(cfg.hydra.sweep.dir) / str(cfg.hydra.sweep.subdir)).resolve())
+        trial.set_user_attr("config_key", key)
+        trial.set_user_attr("cost", cost)
+        trial.set_user_attr("run_dir", run_dir)
+        if role is None:
+            over = self._over_budget(cost)
+            if over:
+                self._tell(study, trial, params, role, TrialState.PRUNED, started,
+                           reason=f"over budget before training: {over}")
+                return None
+        original = self._earlier(study, key, trial.number)
+        if original is not None:
+            in_batch = next((j for j in batch if j.trial.number == original.number), None)
+            if in_batch is not None:
+                deferred.append((trial, in_batch))
+                return None
+            self._settle_duplicate(study, trial, original, started)
+            return None
+        return Job(trial, overrides, params, run_dir, key, role, started)
+
+    def _over_budget(self, cost: dict) -> str:
+        problems = []
+        for name, limit in self.budget.items():
+            if name not in cost:
+                raise SweepConfigError(f"hydra.sweeper.budget.{name}: the cost function returns no {name} "
+                                       f"(it returns {sorted(cost)})")
+            if cost[name] > limit:
+                problems.append(f"{name}={_short(cost[name])} > {_short(limit)}")
+        return ", ".join(problems)
+
+    @staticmethod
+    def _earlier(study: optuna.Study, key: str, number: int) -> Optional[FrozenTrial]:
+        """The earliest other trial with the same config that finished or is running (failed ones may rerun)."""
+        matches = [t for t in study.get_trials(deepcopy=False)
+                   if t.number != number and t.user_attrs.get("config_key") == key
+                   and t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)]
+        complete = [t for t in matches if t.state == TrialState.COMPLETE]
+        return (complete or matches or [None])[0]
+
+    def _settle_duplicate(self, study: optuna.Study, trial: optuna.Trial, original: FrozenTrial,
+                          started: float) -> None:
+        trial.set_user_attr("duplicate_of", original.number)
+        params, role = dict(trial.params), trial.user_attrs.get("role")
+        if original.state == TrialState.COMPLETE:
+            for k in ("metrics", "run_dir"):
+                if k in original.user_attrs:
+                    trial.set_user_attr(k, original.user_attrs[k])
+            self._tell(study, trial, params, role, TrialState.COMPLETE, started, values=original.values,
+                       reason=f"duplicate of trial {original.number}: its result, not trained again")
+        else:
+            where = "running in another process" if original.state == TrialState.RUNNING else \
+                original.state.name
+            self._tell(study, trial, params, role, TrialState.PRUNED, started,
+                       reason=f"duplicate of trial {original.number} ({where}): not trained again")
+
+    def _run(self, study: optuna.Study, batch: list[Job]) -> None:
+        if not batch:
+            return
+        overrides = [j.overrides + [f"hydra.sweeper.trial={j.trial.number}"] for j in batch]
+        try:
+            returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+        except KeyboardInterrupt:
+            for j in batch:
+                self._tell(study, j.trial, j.params, j.role, TrialState.FAIL, j.started, reason="interrupted")
+            raise
+        except Exception as e:  # the launcher itself broke (e.g. a worker was killed): the batch failed
+            for j in batch:
+                self._tell(study, j.trial, j.params, j.role, TrialState.FAIL, j.started,
+                           reason=f"launcher error: {type(e).__name__}: {e}")
+            return
+        finally:
+            self.job_idx += len(batch)
+        for job, ret in zip(batch, returns):
+            self._finish(study, job, ret)
+
+    def _finish(self, study: optuna.Study, job: Job, ret: Any) -> None:
+        try:
+            outcome = ret.return_value
+        except Exception as e:
+            outcome = Outcome(error=f"{type(e).__name__}: {e}")
+        if not isinstance(outcome, Outcome):
+            outcome = Outcome(value=outcome)
+        trial = job.trial
+        if outcome.seconds:
+            trial.set_user_attr("duration_s", round(outcome.seconds, 3))
+        if outcome.traceback:
+            _atomic_write(Path(job.run_dir) / "error.txt", outcome.traceback)
+        if outcome.error is not None:
+            state = TrialState.PRUNED if outcome.pruned else TrialState.FAIL
+            self._tell(study, trial, job.params, job.role, state, job.started, reason=outcome.error,
+                       seconds=outcome.seconds)
+            return
+        metrics = scalar_metrics(outcome.value)
+        if metrics:
+            trial.set_user_attr("metrics", metrics)
+        try:
+            values = objective_values(outcome.value, self.objectives)
+        except ObjectiveError as e:
+            self._tell(study, trial, job.params, job.role, TrialState.FAIL, job.started, reason=str(e),
+                       seconds=outcome.seconds)
+            return
+        self._tell(study, trial, job.params, job.role, TrialState.COMPLETE, job.started, values=values,
+                   seconds=outcome.seconds)
+
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, params: dict, role: Optional[str], state: TrialState,
+              started: float, values: Optional[Sequence[float]] = None, reason: Optional[str] = None,
+              seconds: Optional[float] = None) -> None:
+        trial.set_user_attr("trained", bool(trial.user_attrs.get("trained")))
+        if reason is not None:
+            attr = {TrialState.FAIL: "fail_reason", TrialState.PRUNED: "prune_reason"}.get(state, "note")
+            trial.set_user_attr(attr, reason)
+        if seconds is None:
+            seconds = time.perf_counter() - started
+            trial.set_user_attr("duration_s", round(seconds, 3))
+        study.tell(trial, values=list(values) if state == TrialState.COMPLETE else None, state=state,
+                   skip_if_finished=True)
+        self.states[state.name] += 1
+        shown = " ".join(f"{k}={format_value(v)}" for k, v in params.items()) or "(no parameters)"
+        if role:
+            shown = f"[{role}] " + " ".join(trial.user_attrs.get("overrides", []))
+        figures = dict(trial.user_attrs.get("cost", {}))
+        figures.update(trial.user_attrs.get("metrics", {}))
+        if values is not None:
+            figures.update({o.name: v for o, v in zip(self.objectives, values)})
+        wanted = list(dict.fromkeys([o.name for o in self.objectives] + ["auc", "head_macs"]))
+        numbers = " ".join(f"{k}={_short(figures[k])}" for k in wanted if k in figures)
+        line = f"trial {trial.number:>3} {state.name:<8} {seconds:7.1f} s | {shown} | {numbers}"
+        if reason and state != TrialState.COMPLETE:
+            line += f" | {reason}"
+        (log.warning if state == TrialState.FAIL else log.info)(line)
+
+    def _summary(self, study: optuna.Study) -> None:
+        counts = Counter(t.state.name for t in study.trials)
+        log.info("study %r: %d trial(s) in the study (%s); this process finished %s. Storage: %s", self.study_name,
+                 len(study.trials), dict(counts), dict(self.states), self.location)
+        finished = sum(self.states.values())
+        if finished and self.states.get("FAIL", 0) == finished:
+            reasons = sorted({t.user_attrs.get("fail_reason", "?") for t in study.trials
+                              if t.state == TrialState.FAIL})[:5]
+            raise SweepFailed(f"every trial this sweep ran failed ({finished}); reasons: {reasons}")

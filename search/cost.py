@@ -1,0 +1,23 @@
+"""A candidate's cost before it trains: the sweeper calls `head_cost(cfg)` on each composed trial config to
+reject bad configs, apply MAC / parameter budgets and spot duplicates without training anything."""
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from heads.profile import profile_head
+from tracker.config import STRIDE, validate
+
+
+def head_cost(cfg: DictConfig) -> dict[str, Any]:
+    """Validates the trial config (every schema check) and profiles its head alone at the trial's search
+    feature size: head_params, head_params_deploy, head_macs (milliseconds, no training)."""
+    from hydra.utils import instantiate
+
+    task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]) if "hydra" in cfg else cfg
+    validate(task)
+    in_channels, feat_size = int(task.model.hidden_dim), int(task.model.search_size) // STRIDE
+    head = instantiate(task.head)(in_channels=in_channels, feat_size=feat_size, stride=STRIDE)
+    profile = profile_head(head, in_channels, feat_size)
+    return {k: v for k, v in profile.items() if k != "head_unsupported_ops"}

@@ -1,0 +1,42 @@
+"""The main job: `python -m search.sweep -m` runs an Optuna study whose trials are tracker.train trials.
+
+conf/sweep.yaml selects LightTrack's sweeper (hydra_plugins/lighttrack_sweeper) and the search space
+(conf/search/default.yaml). Examples:
+  python -m search.sweep -m                                   # the CPU preset: the references + 12 trials
+  python -m search.sweep -m trainer=gpu data=got10k hydra.sweeper.max_trials=200
+  python -m search.sweep -m head=choice(dsconv,mbconv) head.num_blocks=range(2,5)   # reshape the space
+  python -m search.sweep -m hydra/sweeper=auc_budget hydra.sweeper.budget.head_macs=4e6   # prune on val IoU
+  python -m search.sweep -m hydra/launcher=joblib hydra.launcher.n_jobs=2             # parallel local trials
+Each trial's run lives in runs/sweeps/<study>/trials/<number>/; the study in runs/sweeps/<study>/journal.log.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from .study import epoch_reporter
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """One trial: train, evaluate, profile; the sweeper reads its objectives from the returned metrics.
+    Intermediate val IoU goes to the study's pruner when there is one."""
+    from tracker.train import run_trial
+
+    start = time.perf_counter()
+    result = run_trial(cfg, HydraConfig.get().runtime.output_dir, on_epoch_end=epoch_reporter("val_iou"),
+                       progress=False)
+    result.setdefault("seconds", time.perf_counter() - start)
+    return result
+
+
+def main() -> None:
+    import hydra
+
+    hydra.main(config_path="../conf", config_name="sweep", version_base="1.3")(run)()
+
+
+if __name__ == "__main__":
+    main()
