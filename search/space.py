@@ -219,7 +219,10 @@ def build_space(entries: Mapping[str, Any] | None, arguments: Sequence[str] = ()
     """The space from config entries (in order) and command-line arguments (sweeps replace or add
     dimensions; plain values fix keys and drop their dimension)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
 
+    if OmegaConf.is_config(entries):
+        entries = OmegaConf.to_container(entries, resolve=True)
     parser = parser or OverridesParser.create()
     dims = {str(name): _parse_entry(str(name), spec, parser) for name, spec in (entries or {}).items()}
     fixed: list[str] = []

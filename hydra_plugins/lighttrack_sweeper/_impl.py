@@ -75,6 +75,14 @@ class TimedTask:
         return Outcome(value=value, seconds=time.perf_counter() - start)
 
 
+class AskTellGridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler calls study.stop() from after_trial, which only works inside optimize(); the
+    sweep loop checks is_exhausted() itself."""
+
+    def after_trial(self, study: Any, trial: FrozenTrial, state: TrialState, values: Any) -> None:
+        return None
+
+
 @dataclass
 class Job:
     trial: optuna.Trial
@@ -115,7 +123,7 @@ class SweeperImpl:
         self.study_name, self.storage = study_name, storage
         self.objectives = parse_objectives(OmegaConf.to_container(objectives, resolve=True)
                                            if OmegaConf.is_config(objectives) else objectives)
-        self.space_cfg = OmegaConf.to_container(space, resolve=True) if OmegaConf.is_config(space) else space
+        self.space_cfg = space
         self.n_trials, self.max_trials, self.n_jobs, self.seed = n_trials, max_trials, n_jobs, seed
         self.max_settled = max_settled
         self.cost_cfg = cost
@@ -170,10 +178,10 @@ class SweeperImpl:
         study.set_user_attr("sweep_processes", index + 1)
         # each process gets its own deterministic stream, so concurrent sweeps do not propose the same trials
         seed = self.seed + 1000 * index
-        kwargs: dict[str, Any] = {"seed": seed}
         if self.sampler_cfg.get("_target_") == "optuna.samplers.GridSampler":
-            kwargs["search_space"] = space.grid()
-        study.sampler = instantiate(self.sampler_cfg, **kwargs)
+            study.sampler = AskTellGridSampler(space.grid(), seed=seed)
+        else:
+            study.sampler = instantiate(self.sampler_cfg, seed=seed)
         orphans = fail_orphans(study, storage)
         if orphans:
             log.warning("trials %s were RUNNING in a sweep process that died: marked FAIL", orphans)
@@ -410,7 +418,7 @@ class SweeperImpl:
         wanted = list(dict.fromkeys([o.name for o in self.objectives] + ["auc", "head_macs"]))
         numbers = " ".join(f"{k}={_short(figures[k])}" for k in wanted if k in figures)
         line = f"trial {trial.number:>3} {state.name:<8} {seconds:7.1f} s | {shown} | {numbers}"
-        if reason and state != TrialState.COMPLETE:
+        if reason:
             line += f" | {reason}"
         (log.warning if state == TrialState.FAIL else log.info)(line)
 

@@ -1,0 +1,303 @@
+"""The sweeper end to end on a fake trial: this file is also the fake Hydra app (run as a script), whose
+task returns metrics computed from the head config (and the real pre-training cost profile) and can fail,
+return NaN, return the wrong number of values or be pruned on demand (FAKE_* environment variables)."""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+
+def fake_task(cfg):
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from search.cost import head_cost
+    from search.study import epoch_reporter
+
+    head = OmegaConf.to_container(cfg.head, resolve=True, enum_to_str=True)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    (run_dir / "ran").write_text("trained")
+    if os.environ.get("FAKE_FAIL") in ("all", head["activation"]):
+        raise RuntimeError(f"fake failure for activation {head['activation']}")
+    quality = 0.3 + 0.4 * head["channels"] / 128 + 0.05 * head["num_blocks"] / 6
+    reporter = epoch_reporter("val_iou")
+    for epoch in (1, 2, 3):
+        if reporter is not None:
+            reporter(epoch, {"val_iou": quality})
+    auc = math.nan if os.environ.get("FAKE_NAN") == head["activation"] else quality
+    if os.environ.get("FAKE_RETURN") == "list":
+        return [auc]
+    return {"auc": auc, **head_cost(cfg), "run_dir": str(run_dir)}
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    import hydra
+
+    hydra.main(config_path=str(CONF), config_name="sweep", version_base="1.3")(fake_task)()
+    sys.exit(0)
+
+import optuna  # noqa: E402
+import pytest  # noqa: E402
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
+
+from search.objectives import ObjectiveError, objective_values, parse_objectives  # noqa: E402
+from search.space import SpaceError, build_space, format_value  # noqa: E402
+from search.study import open_storage  # noqa: E402
+
+# tiny presets keep the composed configs cheap; the fake task never trains
+BASE = ["trainer=tiny"]
+
+
+def sweep(sweep_dir: Path, *args: str, env: dict | None = None, background: bool = False):
+    cmd = [sys.executable, str(Path(__file__).resolve()), "-m", f"hydra.sweep.dir={sweep_dir}", *BASE, *args]
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("FAKE_")}
+    environment.update(env or {})
+    if background:
+        return subprocess.Popen(cmd, cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+    return subprocess.run(cmd, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=300)
+
+
+def load(sweep_dir: Path) -> optuna.Study:
+    storage = open_storage(str(sweep_dir / "journal.log"))
+    (name,) = optuna.get_all_study_names(storage)
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def ok(result) -> None:
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def trained(study: optuna.Study) -> list:
+    return [t for t in study.trials if t.user_attrs.get("trained")]
+
+
+# -- the space and the objectives (no processes) ------------------------------------------------------------
+def test_default_space_is_conditional_and_matches_the_issue():
+    from tracker.config import compose
+
+    cfg = compose("sweep", return_hydra_config=True)
+    space = build_space(cfg.hydra.sweeper.space)
+    dims = {d.name: d for d in space.dimensions}
+    assert dims["head"].distribution.choices == ("repvgg", "dsconv", "mbconv")
+    assert (dims["head.num_blocks"].distribution.low, dims["head.num_blocks"].distribution.high) == (2, 6)
+    assert dims["head.channels"].distribution.choices == (32, 48, 64, 96, 128)
+    assert set(dims["head.activation"].distribution.choices) == {"relu", "relu6", "hardswish", "silu", "gelu"}
+    assert dims["head.kernel_size"].distribution.choices == (3, 5, 7)
+    assert dims["head.final_kernel_size"].distribution.choices == (1, 3)
+    assert dims["head.expansion"].distribution.choices == (2, 4, 6)
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = Counter()
+    for _ in range(60):
+        trial = study.ask()
+        values = space.suggest(trial)
+        study.tell(trial, 0.0)
+        seen[values["head"]] += 1
+        # real conditionals: the parameter is never sampled, not sampled-and-ignored
+        assert ("head.expansion" in trial.params) == (values["head"] == "mbconv")
+        assert ("head.kernel_size" in trial.params) == (values["head"] != "repvgg")
+    assert set(seen) == {"repvgg", "dsconv", "mbconv"}
+
+
+def test_command_line_sweeps_replace_extend_and_fix_dimensions():
+    entries = {"head": {"choices": ["repvgg", "dsconv"]}, "head.expansion": {"choices": [2, 4], "when": {"head": "dsconv"}}}
+    space = build_space(entries, ["head=choice(dsconv,mbconv)", "head.num_blocks=range(2,5)",
+                                  "trainer.lr=tag(log,interval(1e-4,1e-2))", "head.channels=32,64",
+                                  "trainer.epochs=3"])
+    dims = {d.name: d.distribution for d in space.dimensions}
+    assert list(dims) == ["head", "head.expansion", "head.num_blocks", "trainer.lr", "head.channels"]
+    assert dims["head"] == CategoricalDistribution(["dsconv", "mbconv"])
+    assert dims["head.num_blocks"] == IntDistribution(2, 4)  # Hydra's range excludes its end
+    assert dims["trainer.lr"] == FloatDistribution(1e-4, 1e-2, log=True)
+    assert dims["head.channels"] == CategoricalDistribution([32, 64])
+    assert space.fixed == ["trainer.epochs=3"]
+    assert space.dimensions[1].when == {"head": ("dsconv",)}  # the condition survives the replacement
+    fixed = build_space(entries, ["head=mbconv"])
+    assert [d.name for d in fixed.dimensions] == ["head.expansion"] and fixed.fixed == ["head=mbconv"]
+    assert fixed.overrides({"head.expansion": 4}) == ["head=mbconv", "head.expansion=4"]
+
+
+def test_bad_space_entries_name_the_key_and_the_rule():
+    with pytest.raises(SpaceError, match=r"head.num_blocks: low=6, high=2"):
+        build_space({"head.num_blocks": {"low": 6, "high": 2}})
+    with pytest.raises(SpaceError, match=r"head.kernel_size: when refers to head, which comes later"):
+        build_space({"head.kernel_size": {"choices": [3], "when": {"head": "dsconv"}}, "head": "choice(dsconv)"})
+    with pytest.raises(SpaceError, match=r"when refers to heda"):
+        build_space({"head.kernel_size": {"choices": [3], "when": {"heda": "dsconv"}}})
+    with pytest.raises(SpaceError, match=r"head.channels: unknown fields \['hi'\]"):
+        build_space({"head.channels": {"low": 1, "hi": 2}})
+    with pytest.raises(SpaceError, match=r"is a single value, not a sweep"):
+        build_space({"head.channels": "64"})
+    with pytest.raises(SpaceError, match="continuous"):
+        build_space({}, ["trainer.lr=interval(0.1,1)"]).grid()
+
+
+def test_values_round_trip_through_the_override_grammar():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for value in ("relu6", "has space", "3", "true", "null", 7, 0.25, 1e-05, True, None):
+        assert parser.parse_override(f"k={format_value(value)}").value() == value
+
+
+def test_objectives_are_read_by_name_and_checked():
+    objectives = parse_objectives([{"name": "auc", "direction": "maximize"},
+                                   {"name": "head_macs", "direction": "minimize"}])
+    assert objective_values({"auc": 0.5, "head_macs": 10, "other": "x"}, objectives) == [0.5, 10.0]
+    with pytest.raises(ObjectiveError, match=r"returned no \['head_macs'\]"):
+        objective_values({"auc": 0.5}, objectives)
+    with pytest.raises(ObjectiveError, match=r"returned 1 value\(s\) for 2 objectives"):
+        objective_values([0.5], objectives)
+    with pytest.raises(ObjectiveError, match="auc=nan is not finite"):
+        objective_values({"auc": math.nan, "head_macs": 1}, objectives)
+    with pytest.raises(ValueError, match=r"objectives\[0\].direction='up' is not allowed"):
+        parse_objectives([{"name": "auc", "direction": "up"}])
+
+
+# -- whole sweeps (the fake app in a subprocess) --------------------------------------------------------------
+def test_study_starts_with_the_references_and_records_every_trial(tmp_path):
+    result = sweep(tmp_path / "s", "hydra.sweeper.max_trials=5")
+    ok(result)
+    study = load(tmp_path / "s")
+    assert study.study_name == "synthetic_tiny"
+    assert study.metric_names == ["auc", "head_macs", "head_params_deploy"]
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 5
+    baseline, user = study.trials[0], study.trials[1]
+    assert (baseline.user_attrs["role"], user.user_attrs["role"]) == ("baseline", "user_head")
+    assert baseline.user_attrs["head"]["block"] == "repvgg" and baseline.user_attrs["head"]["channels"] == 128
+    assert user.user_attrs["head"]["block"] == "dsconv" and user.user_attrs["head"]["norm"] is False
+    for t in study.trials:
+        run_dir = tmp_path / "s" / "trials" / str(t.number)
+        assert t.user_attrs["run_dir"] == str(run_dir) and (run_dir / "ran").is_file()
+        assert t.values[1] == t.user_attrs["cost"]["head_macs"] > 0  # cost known before training = returned
+        assert {"duration_s", "config_key", "overrides", "metrics"} <= set(t.user_attrs)
+        assert f"trial {t.number:>3} COMPLETE" in result.stderr + result.stdout
+    assert baseline.values[1] > 10 * user.values[1]  # the user's head is far cheaper than RepVGG
+
+
+def test_failed_trials_are_recorded_and_the_sweep_goes_on(tmp_path):
+    # the baseline (relu) raises; the user's head (relu6) returns NaN
+    result = sweep(tmp_path / "s", "hydra.sweeper.max_trials=4", "head.activation=choice(silu,gelu)",
+                   env={"FAKE_FAIL": "relu", "FAKE_NAN": "relu6"})
+    ok(result)
+    study = load(tmp_path / "s")
+    baseline, user, *rest = study.trials
+    assert baseline.state == user.state == TrialState.FAIL
+    assert "RuntimeError: fake failure for activation relu" in baseline.user_attrs["fail_reason"]
+    assert "not finite" in user.user_attrs["fail_reason"]
+    assert "fake failure" in (tmp_path / "s" / "trials" / "0" / "error.txt").read_text()
+    assert len(rest) == 2 and all(t.state == TrialState.COMPLETE for t in rest)
+
+
+def test_wrong_number_of_values_is_a_failure_and_all_failed_exits_nonzero(tmp_path):
+    result = sweep(tmp_path / "s", "hydra.sweeper.max_trials=3", env={"FAKE_RETURN": "list"})
+    assert result.returncode != 0
+    assert "every trial this sweep ran failed" in result.stdout + result.stderr
+    study = load(tmp_path / "s")
+    assert len(study.trials) == 3 and all(t.state == TrialState.FAIL for t in study.trials)
+    assert all("returned 1 value(s) for 3 objectives" in t.user_attrs["fail_reason"] for t in study.trials)
+
+
+def test_rerunning_resumes_the_same_study(tmp_path):
+    ok(sweep(tmp_path / "s", "hydra.sweeper.max_trials=3"))
+    ok(sweep(tmp_path / "s", "hydra.sweeper.max_trials=5"))
+    study = load(tmp_path / "s")
+    assert [t.number for t in study.trials] == [0, 1, 2, 3, 4]
+    assert Counter(t.user_attrs.get("role") for t in study.trials) == {"baseline": 1, "user_head": 1, None: 3}
+    assert study.user_attrs["sweep_processes"] == 2
+    ok(sweep(tmp_path / "s", "hydra.sweeper.max_trials=5"))  # already there: nothing more to do
+    assert len(load(tmp_path / "s").trials) == 5
+
+
+def test_two_processes_share_one_study(tmp_path):
+    args = ("hydra.sweeper.max_trials=null", "hydra.sweeper.n_trials=4")
+    procs = [sweep(tmp_path / "s", *args, background=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    study = load(tmp_path / "s")
+    assert [t.number for t in study.trials] == list(range(8))
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert Counter(t.user_attrs.get("role") for t in study.trials) == {"baseline": 1, "user_head": 1, None: 6}
+    assert sorted(Counter(t.user_attrs["pid"] for t in study.trials).values()) == [4, 4]
+    assert len({t.user_attrs["run_dir"] for t in study.trials}) == 8
+
+
+def test_single_objective_prunes_on_intermediate_values(tmp_path):
+    # narrow heads score below the references' median val IoU from the first epoch
+    ok(sweep(tmp_path / "s", "hydra/sweeper=auc_budget", "hydra.sweeper.budget.head_macs=null",
+             "hydra.sweeper.max_trials=5", "head.channels=choice(32,48)"))
+    study = load(tmp_path / "s")
+    assert study.study_name == "synthetic_tiny_auc" and len(study.directions) == 1
+    references, searched = study.trials[:2], study.trials[2:]
+    assert all(t.state == TrialState.COMPLETE and t.intermediate_values == {1: t.value, 2: t.value, 3: t.value}
+               for t in references)
+    assert len(searched) == 3 and all(t.state == TrialState.PRUNED for t in searched)
+    assert all("pruned after epoch 1" in t.user_attrs["prune_reason"] for t in searched)
+    assert all(list(t.intermediate_values) == [1] for t in searched)
+
+
+def test_pruner_with_several_objectives_is_refused_before_any_trial(tmp_path):
+    result = sweep(tmp_path / "s", "hydra/sweeper/pruner=median", "hydra.sweeper.max_trials=3")
+    assert result.returncode != 0
+    assert "hydra.sweeper.pruner=optuna.pruners.MedianPruner is not allowed with 3 objectives" in result.stderr
+    assert not (tmp_path / "s" / "trials").exists()
+
+
+def test_over_budget_candidates_are_pruned_without_training(tmp_path):
+    # every RepVGG candidate costs more MACs than the user's head; the references are exempt
+    ok(sweep(tmp_path / "s", "head=choice(repvgg)", "hydra.sweeper.budget.head_macs=3e5",
+             "hydra.sweeper.max_settled=3", "hydra.sweeper.max_trials=5"))
+    study = load(tmp_path / "s")
+    assert [t.state for t in study.trials[:2]] == [TrialState.COMPLETE] * 2
+    assert study.trials[0].user_attrs["cost"]["head_macs"] > 3e5  # the baseline ran though over budget
+    settled = study.trials[2:]
+    assert len(settled) == 3 and all(t.state == TrialState.PRUNED for t in settled)
+    for t in settled:
+        assert t.user_attrs["prune_reason"].startswith("over budget before training: head_macs=")
+        assert t.user_attrs["trained"] is False and not (tmp_path / "s" / "trials" / str(t.number)).exists()
+
+
+def test_duplicates_take_the_earlier_result_without_training(tmp_path):
+    # a space that only holds the user's head: every candidate is the enqueued dsconv preset again
+    dsconv = ["head=choice(dsconv)", "head.num_blocks=choice(2)", "head.channels=choice(64)",
+              "head.activation=choice(relu6)", "head.kernel_size=choice(3)", "head.final_kernel_size=choice(1)"]
+    ok(sweep(tmp_path / "s", *dsconv, "hydra.sweeper.max_settled=2", "hydra.sweeper.max_trials=5"))
+    study = load(tmp_path / "s")
+    user, duplicates = study.trials[1], study.trials[2:]
+    assert len(duplicates) == 2
+    for t in duplicates:
+        assert t.state == TrialState.COMPLETE and t.values == user.values
+        assert t.user_attrs["duplicate_of"] == 1 and t.user_attrs["trained"] is False
+        assert t.user_attrs["run_dir"] == user.user_attrs["run_dir"]
+        assert not (tmp_path / "s" / "trials" / str(t.number)).exists()
+
+
+def test_grid_sampler_covers_a_conditional_grid_once(tmp_path):
+    ok(sweep(tmp_path / "s", "hydra/sweeper/sampler=grid", "hydra.sweeper.max_trials=null", "hydra.sweeper.n_trials=30",
+             "head=choice(repvgg,dsconv)", "head.num_blocks=choice(2,3)", "head.channels=choice(32)",
+             "head.activation=choice(relu)", "head.kernel_size=choice(3,5)", "head.final_kernel_size=choice(1)",
+             "head.expansion=4"))
+    study = load(tmp_path / "s")
+    searched = [t for t in trained(study) if "role" not in t.user_attrs]
+    configs = {tuple(sorted(t.params.items())) for t in searched}
+    # repvgg has no kernel dimension: 2 repvgg + 4 dsconv architectures, each trained once
+    assert len(searched) == len(configs) == 6
+    assert {t.user_attrs["duplicate_of"] for t in study.trials if "duplicate_of" in t.user_attrs} and \
+        all(t.state == TrialState.COMPLETE for t in study.trials)
+
+
+def test_joblib_launcher_runs_trials_in_parallel_workers(tmp_path):
+    ok(sweep(tmp_path / "s", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.max_trials=4"))
+    study = load(tmp_path / "s")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
+    assert all((Path(t.user_attrs["run_dir"]) / "ran").is_file() for t in study.trials)
