@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# the CPU preset: the two reference heads + 12 searched trials on the embedded synthetic data (resumes if rerun)
 sweep: $(STAMP)
-	$(PY) -m search.sweep
+	$(PY) -m search.sweep -m trainer=cpu
+# $(PY) -m search.report study=synthetic_cpu
 
 clean:
 	rm -rf $(VENV)

@@ -301,3 +301,33 @@ def test_joblib_launcher_runs_trials_in_parallel_workers(tmp_path):
     study = load(tmp_path / "s")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
     assert all((Path(t.user_attrs["run_dir"]) / "ran").is_file() for t in study.trials)
+
+
+def test_any_optuna_storage_url_and_objectives_fixed_per_study(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    ok(sweep(tmp_path / "s", f"hydra.sweeper.storage='{url}'", "hydra.sweeper.max_trials=3"))
+    (name,) = optuna.get_all_study_names(url)
+    assert len(optuna.load_study(study_name=name, storage=url).trials) == 3
+    assert not (tmp_path / "s" / "journal.log").exists()
+    changed = sweep(tmp_path / "s", f"hydra.sweeper.storage='{url}'", "hydra.sweeper.max_trials=4",
+                    "hydra.sweeper.objectives=[{name:auc,direction:maximize}]")
+    assert changed.returncode != 0 and "use another hydra.sweeper.study_name" in changed.stderr
+    assert len(optuna.load_study(study_name=name, storage=url).trials) == 3
+
+
+def test_trials_left_running_by_a_dead_sweep_are_failed_on_resume(tmp_path):
+    import socket
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    storage = open_storage(str(tmp_path / "s" / "journal.log"))
+    study = optuna.create_study(study_name="synthetic_tiny", storage=storage,
+                                directions=["maximize", "minimize", "minimize"])
+    orphan = study.ask()
+    orphan.set_user_attr("host", socket.gethostname())
+    orphan.set_user_attr("pid", dead.pid)
+    ok(sweep(tmp_path / "s", "hydra.sweeper.max_trials=2"))
+    study = load(tmp_path / "s")
+    assert study.trials[0].state == TrialState.FAIL
+    assert study.trials[0].user_attrs["fail_reason"] == f"its sweep process (pid {dead.pid}) died while it ran"
+    assert [t.state for t in study.trials[1:]] == [TrialState.COMPLETE] * 2

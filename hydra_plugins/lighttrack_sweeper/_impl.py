@@ -42,8 +42,8 @@ class SweepConfigError(ValueError):
     """A sweeper setting that cannot work; raised before any trial runs."""
 
 
-class SweepFailed(RuntimeError):
-    """Every trial this process ran failed (the process exits non-zero)."""
+class SweepFailed(SystemExit):
+    """Every trial this process ran failed: the process exits with status 1 (logged, no traceback)."""
 
 
 @dataclass
@@ -430,4 +430,5 @@ class SweeperImpl:
         if finished and self.states.get("FAIL", 0) == finished:
             reasons = sorted({t.user_attrs.get("fail_reason", "?") for t in study.trials
                               if t.state == TrialState.FAIL})[:5]
-            raise SweepFailed(f"every trial this sweep ran failed ({finished}); reasons: {reasons}")
+            log.error("every trial this sweep ran failed (%d); reasons: %s", finished, reasons)
+            raise SweepFailed(1)
