@@ -198,8 +198,7 @@ class SweeperImpl:
         for role, overrides in self.enqueue.items():
             if role in roles:
                 continue
-            overrides = merge_overrides(space.fixed, overrides)
-            cfg = self._compose(overrides)
+            cfg = self._compose(merge_overrides(space.fixed, overrides))
             choices = cfg.hydra.runtime.choices
 
             def lookup(name: str) -> Any:
@@ -274,7 +273,7 @@ class SweeperImpl:
         role = trial.user_attrs.get("role")
         if role is not None:
             params = space.suggest(trial, only=trial.user_attrs.get("reference_params", []))
-            overrides = list(trial.user_attrs["reference_overrides"])
+            overrides = merge_overrides(space.fixed, trial.user_attrs["reference_overrides"])
         else:
             params = space.suggest(trial)
             overrides = space.overrides(params)
