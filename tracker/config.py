@@ -52,7 +52,7 @@ class ModelConf:
 
 
 FIDELITIES = ("full", "finetune", "head")
-AMP_MODES = ("auto", "bf16", "fp16", "off")
+AMP_MODES = ("auto", "bf16", "fp16", "fp32")
 
 
 @dataclass
@@ -62,7 +62,7 @@ class TrainerConf:
     fidelity: str = "full"  # full | finetune | head
     trunk: Optional[str] = None  # checkpoint for finetune/head; null: the cached baseline trunk for this data
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str = "auto"  # auto (bf16 where supported, else fp16 with a scaler; off on CPU) | bf16 | fp16 | off
+    amp: str = "auto"  # auto (CUDA: bf16 where supported, else fp16 with a scaler; CPU: fp32) | bf16 | fp16 | fp32
     template_size: int = 128
     search_size: int = 320
     epochs: int = 500
@@ -108,6 +108,26 @@ class TrainerConf:
                 fail(name, "a number >= 0")
         if self.lr == 0:
             fail("lr", "a number > 0")
+
+
+@dataclass
+class EvaluationConf:
+    """The online tracker (SPEC.md, Inference) and what to evaluate on."""
+
+    template_factor: float = 2.0
+    search_factor: float = 5.0
+    margin: int = 10  # boxes are clipped to keep this many pixels inside the image
+    max_sequences: Optional[int] = None  # the first N sequences of the split (null: all)
+    static_baseline: bool = True  # also score the static-box tracker on the same sequences
+
+    def __post_init__(self) -> None:
+        for name in ("template_factor", "search_factor"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"evaluation.{name}={getattr(self, name)} is not allowed: a number > 0")
+        if self.margin < 0:
+            raise ConfigError(f"evaluation.margin={self.margin} is not allowed: an integer >= 0")
+        if self.max_sequences is not None and self.max_sequences < 1:
+            raise ConfigError(f"evaluation.max_sequences={self.max_sequences} is not allowed: null or >= 1")
 
 
 def validate(cfg: DictConfig) -> Any:

@@ -407,7 +407,7 @@ class MetricsConf:
             raise ValueError(f"max_sequences={self.max_sequences} is not allowed: null or an integer >= 1")
 
 
-def _image_size(sequence: Any) -> Optional[tuple[int, int]]:
+def image_size(sequence: Any) -> Optional[tuple[int, int]]:
     """The first frame's (width, height) from its header, for GOT-10k's clipping; None when unreadable."""
     from PIL import Image
 
@@ -432,7 +432,7 @@ def score_directories(cfg: Any, output_dir: str | os.PathLike) -> dict[str, Any]
     names = reader.sequence_names()[:conf.max_sequences]
     sequences = [reader.sequence(n) for n in tqdm(names, desc="ground truth", disable=not conf.progress)]
     expected = {s.name: len(s.boxes) for s in sequences}
-    image_sizes = {s.name: size for s in sequences if (size := _image_size(s)) is not None}
+    image_sizes = {s.name: size for s in sequences if (size := image_size(s)) is not None}
     if len(image_sizes) < len(sequences):
         log.warning("%d of %d sequences have no readable first frame: GOT-10k boxes are not clipped to the image "
                     "there", len(sequences) - len(image_sizes), len(sequences))
@@ -443,17 +443,7 @@ def score_directories(cfg: Any, output_dir: str | os.PathLike) -> dict[str, Any]
 
     out = Path(conf.output_dir or output_dir).expanduser()
     data_name = f"{cfg.data.name} {cfg.data.get('split', '')}".strip()
-    summaries = {name: s.summary() for name, s in scores.items()}
-    plots = {}
-    if conf.plots:
-        plots = {"success": str(plot_success(scores, out / "success_plot.png", f"Success plot on {data_name}")),
-                 "precision": str(plot_precision(scores, out / "precision_plot.png",
-                                                 f"Precision plot on {data_name}")),
-                 "norm_precision": str(plot_precision(scores, out / "norm_precision_plot.png",
-                                                      f"Normalised precision plot on {data_name}", True))}
-    table = pd.concat([s.per_sequence().assign(tracker=name) for name, s in scores.items()], ignore_index=True)
-    with _atomic(out / "per_sequence.csv") as tmp:
-        table[["tracker", "sequence", *METRICS]].to_csv(tmp, index=False, float_format="%.4f")
+    summaries, plots = write_report(scores, out, data_name, conf.plots)
     first = conf.names[0]
     result = {"name": first, **summaries[first], "dataset": data_name, "trackers": summaries,
               "results": {n: str(d) for n, d in zip(conf.names, conf.directories)}, "plots": plots,
@@ -461,6 +451,26 @@ def score_directories(cfg: Any, output_dir: str | os.PathLike) -> dict[str, Any]
     with _atomic(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(result, indent=2, allow_nan=False))
     return result
+
+
+def write_report(scores: Mapping[str, Scores], out: str | os.PathLike, data_name: str, plots: bool = True
+                 ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Success / precision plots of every tracker and `per_sequence.csv` into `out`; returns the summaries
+    by tracker name and the plot paths."""
+    out = Path(out)
+    summaries = {name: s.summary() for name, s in scores.items()}
+    paths = {}
+    if plots:
+        paths = {"success": str(plot_success(scores, out / "success_plot.png", f"Success plot on {data_name}")),
+                 "precision": str(plot_precision(scores, out / "precision_plot.png",
+                                                 f"Precision plot on {data_name}")),
+                 "norm_precision": str(plot_precision(scores, out / "norm_precision_plot.png",
+                                                      f"Normalised precision plot on {data_name}", True))}
+    table = pd.concat([s.per_sequence().assign(tracker=name) for name, s in scores.items()], ignore_index=True)
+    out.mkdir(parents=True, exist_ok=True)
+    with _atomic(out / "per_sequence.csv") as tmp:
+        table[["tracker", "sequence", *METRICS]].to_csv(tmp, index=False, float_format="%.4f")
+    return summaries, paths
 
 
 def _main(cfg: Any) -> None:

@@ -79,9 +79,9 @@ class Precision:
     def __init__(self, mode: str, device: torch.device):
         cuda = device.type == "cuda"
         if mode == "auto":
-            mode = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "off"
-        if mode != "off" and not cuda:
-            raise ValueError(f"trainer.amp={mode!r} needs CUDA; this run is on {device}: use trainer.amp=off")
+            mode = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
+        if mode != "fp32" and not cuda:
+            raise ValueError(f"trainer.amp={mode!r} needs CUDA; this run is on {device}: use trainer.amp=fp32")
         self.mode, self.device = mode, device
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode)
         self.scaler = torch.amp.GradScaler("cuda", enabled=mode == "fp16")
@@ -272,8 +272,8 @@ class Trial:
 
     # ---- outputs ----------------------------------------------------------------------------------
     def model_config(self) -> dict[str, Any]:
-        return OmegaConf.to_container(OmegaConf.masked_copy(self.cfg, ["model", "head"]), resolve=True,
-                                      enum_to_str=True)
+        """The resolved config, stored in every checkpoint so that the model can be rebuilt from it alone."""
+        return OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True)
 
     def write_history(self, history: list[dict[str, float]]) -> None:
         path = self.run_dir / "metrics.csv"

@@ -5,9 +5,10 @@ and for `compose()`; preset YAML files name them in their defaults list (`- head
 from hydra.core.config_store import ConfigStore
 
 from heads.spec import HeadSpec
-from tracker.config import ModelConf, TrainerConf
+from tracker.config import EvaluationConf, ModelConf, TrainerConf
 
 cs = ConfigStore.instance()
 cs.store(group="head", name="head_schema", node=HeadSpec)
 cs.store(group="model", name="model_schema", node=ModelConf)
 cs.store(group="trainer", name="trainer_schema", node=TrainerConf)
+cs.store(group="evaluation", name="evaluation_schema", node=EvaluationConf)
