@@ -13,7 +13,10 @@ def box_loss(pred: torch.Tensor, target: torch.Tensor, giou_weight: float = 2.0,
     Returns the weighted total and its parts (detached) for logging."""
     target = target.clamp(0.0, 1.0)
     pred = pred.float()
-    giou = generalized_box_iou_loss(pred, target, reduction="mean")
+    # corners from two independent maps can cross; GIoU is only defined for x2 >= x1, y2 >= y1, so a crossed
+    # prediction counts as an empty box there (L1 still pulls the corners apart)
+    ordered = torch.cat((pred[:, :2], torch.maximum(pred[:, 2:], pred[:, :2])), dim=1)
+    giou = generalized_box_iou_loss(ordered, target, reduction="mean", eps=1e-7)
     l1 = F.l1_loss(pred, target)
     total = giou_weight * giou + l1_weight * l1
     return total, {"giou": giou.detach(), "l1": l1.detach()}

@@ -1,0 +1,161 @@
+"""One trial end to end on CPU at tiny sizes: artefacts, resume, NaN, fidelities, the evaluate CLI."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from tracker.checkpoint import load_checkpoint
+from tracker.config import CONF_DIR, compose
+from tracker.evaluate import StaticBoxTracker, clip_box, load_model, track_sequence
+from tracker.train import NonFiniteLossError, Trial, run_trial
+
+ROOT = CONF_DIR.parent
+TINY_DATA = ["data.generate.train_sequences=4", "data.generate.val_sequences=2", "data.generate.frames=12",
+             "data.generate.width=128", "data.generate.height=96"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """Data cache and runs root shared by the module's tests (the synthetic set is generated once)."""
+    root = tmp_path_factory.mktemp("lighttrack")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _runs_root(workspace, monkeypatch):
+    monkeypatch.setenv("LIGHTTRACK_RUNS", str(workspace / "runs"))
+
+
+def _cfg(workspace, *overrides):
+    return compose("train", ["trainer=tiny", f"data.cache_dir={workspace / 'data'}", *TINY_DATA, *overrides])
+
+
+def test_tiny_trial_writes_every_artefact(workspace, tmp_path):
+    result = run_trial(_cfg(workspace, "head=dsconv"), tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    for name in ["config.yaml", "metrics.json", "metrics.csv", "checkpoints/last.pt", "plots/training.png",
+                 "plots/success_plot.png", "plots/precision_plot.png", "plots/per_sequence.csv"]:
+        assert (run / name).is_file(), name
+    assert sorted(p.name for p in (run / "results" / "model").iterdir()) == sorted(
+        p.name for p in (run / "results" / "static").iterdir())
+    assert len(list((run / "results" / "model").glob("*.txt"))) == 2
+    assert json.loads((run / "metrics.json").read_text())["auc"] == result["auc"]
+    for key in ["auc", "op50", "precision", "ao", "static_auc", "head_macs", "head_params", "model_macs",
+                "head_latency_ms", "fps", "run_dir"]:
+        assert key in result, key
+    assert result["head_params"] == 14_466
+    assert len(pd.read_csv(run / "metrics.csv")) == 2  # one row per epoch
+
+
+def test_same_config_and_seed_give_the_same_metrics(workspace, tmp_path):
+    a = run_trial(_cfg(workspace), tmp_path / "a", progress=False)
+    b = run_trial(_cfg(workspace), tmp_path / "b", progress=False)
+    assert a["final_train_loss"] == b["final_train_loss"] and a["auc"] == b["auc"]
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(workspace, tmp_path):
+    full = Trial(_cfg(workspace, "trainer.epochs=3"), tmp_path / "full", progress=False).train()
+
+    def interrupt(epoch, stats):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Trial(_cfg(workspace, "trainer.epochs=3"), tmp_path / "cut", on_epoch_end=interrupt, progress=False).train()
+    assert load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["epoch"] == 1
+    resumed = Trial(_cfg(workspace, "trainer.epochs=3"), tmp_path / "cut", progress=False).train()
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert len(pd.read_csv(tmp_path / "cut" / "metrics.csv")) == 3
+
+
+def test_nan_loss_stops_with_the_step(workspace, tmp_path):
+    # a divergent learning rate: the first step blows the weights up, the second loss is not finite
+    with pytest.raises(NonFiniteLossError, match=r"loss became (nan|inf) at epoch 1, step 1"):
+        Trial(_cfg(workspace, "trainer.lr=1e30", "trainer.epochs=1"), tmp_path / "nan", progress=False).train()
+    assert not (tmp_path / "nan" / "checkpoints" / "last.pt").exists()
+    trial = Trial(_cfg(workspace, "trainer.epochs=1"), tmp_path / "nan2", progress=False)
+    build = trial.build_model
+
+    def poisoned():
+        model = build()
+        with torch.no_grad():
+            model.head.predictor.bias.fill_(float("nan"))
+        return model
+
+    trial.build_model = poisoned
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan at epoch 1, step 0"):
+        trial.train()
+
+
+def test_head_fidelity_trains_only_the_head_on_the_cached_trunk(workspace, tmp_path):
+    stats = []
+    cfg = _cfg(workspace, "head=mbconv", "head.channels=16", "trainer.fidelity=head")
+    trial = Trial(cfg, tmp_path / "head", on_epoch_end=lambda e, s: stats.append(s), progress=False)
+    model = trial.train()
+    trunk = load_checkpoint(next((workspace / "runs" / "trunks").glob("*/trunk.pt")))["model"]
+    assert torch.equal(model.state_dict()["encoder.linear1.weight"].cpu(), trunk["encoder.linear1.weight"])
+    assert all(0.0 <= s["val_iou"] <= 1.0 for s in stats) and len(stats) == 2
+    assert len(list((workspace / "runs" / "features").glob("train-*.pt"))) == 1
+    Trial(cfg, tmp_path / "head2", progress=False).train()  # a second trial reuses trunk and features
+    assert len(list((workspace / "runs" / "trunks").glob("*/trunk.pt"))) == 1
+    assert len(list((workspace / "runs" / "features").glob("train-*.pt"))) == 1
+
+
+def test_finetune_from_an_explicit_trunk(workspace, tmp_path):
+    base = run_trial(_cfg(workspace), tmp_path / "base", progress=False)
+    trunk = tmp_path / "base" / "checkpoints" / "last.pt"
+    cfg = _cfg(workspace, "head=dsconv", "trainer.fidelity=finetune", f"trainer.trunk={trunk}", "trainer.epochs=1")
+    model = Trial(cfg, tmp_path / "ft", progress=False).build_model()
+    assert torch.equal(model.bottleneck.weight, load_checkpoint(trunk)["model"]["bottleneck.weight"])
+    assert base["fidelity"] == "full"
+
+
+def test_bad_trainer_values_fail_before_work(workspace):
+    with pytest.raises(ValueError, match=r"trainer.fidelity='partial' is not allowed"):
+        _cfg(workspace, "trainer.fidelity=partial")
+    with pytest.raises(ValueError, match=r"trainer.amp='fp8' is not allowed"):
+        _cfg(workspace, "trainer.amp=fp8")
+    with pytest.raises(FileNotFoundError, match="trainer.trunk"):
+        Trial(_cfg(workspace, "trainer.fidelity=head", "trainer.trunk=/nonexistent.pt"), "/tmp/x").build_model()
+
+
+def test_static_tracker_and_clipping(workspace):
+    from tracker.data.config import build_reader
+
+    sequence = build_reader(_cfg(workspace).data).sequence(build_reader(_cfg(workspace).data).sequence_names()[0])
+    boxes = track_sequence(StaticBoxTracker(), sequence)
+    assert (boxes == sequence.boxes[0]).all()
+    assert clip_box([-50.0, 5.0, 30.0, 20.0], height=100, width=200).tolist() == [0.0, 5.0, 10.0, 20.0]
+    assert clip_box([195.0, 95.0, 30.0, 30.0], height=100, width=200).tolist() == [190.0, 90.0, 10.0, 10.0]
+
+
+def test_evaluate_cli_rebuilds_the_model_from_its_checkpoint(workspace, tmp_path):
+    run_trial(_cfg(workspace), tmp_path / "run", progress=False)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+    model, cfg = load_model(ckpt)
+    assert cfg.head.block == "repvgg" and model.search_size == 64
+    out = subprocess.run(
+        [sys.executable, "-m", "tracker.evaluate", f"checkpoint={ckpt}", f"data.cache_dir={workspace / 'data'}",
+         *TINY_DATA, f"output_dir={tmp_path / 'eval'}", "progress=false", "device=cpu"],
+        cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    metrics = json.loads(out.stdout.strip().splitlines()[-1])
+    expected = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["auc"] == pytest.approx(expected["auc"]) and metrics["sequences"] == 2
+    assert (tmp_path / "eval" / "results" / "model").is_dir()
+
+
+def test_train_cli_prints_json_last(workspace, tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "tracker.train", "trainer=tiny", "head=dsconv", "trainer.epochs=1",
+         f"data.cache_dir={workspace / 'data'}", *TINY_DATA, f"hydra.run.dir={tmp_path / 'cli'}"],
+        cwd=ROOT, capture_output=True, text=True, env={**__import__("os").environ})
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["run_dir"] == str((tmp_path / "cli").resolve()) and "auc" in result
