@@ -331,3 +331,27 @@ def test_trials_left_running_by_a_dead_sweep_are_failed_on_resume(tmp_path):
     assert study.trials[0].state == TrialState.FAIL
     assert study.trials[0].user_attrs["fail_reason"] == f"its sweep process (pid {dead.pid}) died while it ran"
     assert [t.state for t in study.trials[1:]] == [TrialState.COMPLETE] * 2
+
+
+def test_real_trials_report_to_the_study_and_cost_matches_before_and_after_training(tmp_path):
+    """search.sweep on tracker.train's real trial (tiny preset at head fidelity, a tiny generated data set):
+    the references train, report their per-epoch val IoU to the single-objective study, and the MACs / parameters the
+    sweeper measured before training are the ones the trained model's profile reports."""
+    env = {**os.environ, "LIGHTTRACK_RUNS": str(tmp_path), "LIGHTTRACK_DATA_CACHE": str(tmp_path / "data")}
+    cmd = [sys.executable, "-m", "search.sweep", "-m", "trainer=tiny", "trainer.fidelity=head",
+           "hydra/sweeper=auc_budget", "hydra.sweeper.budget.head_macs=null", "hydra.sweeper.max_trials=2",
+           "data.generate.train_sequences=4", "data.generate.val_sequences=2", "data.generate.frames=12",
+           "evaluation.max_sequences=2"]
+    ok(subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600))
+    study = load(tmp_path / "sweeps" / "synthetic_tiny_auc")
+    assert [t.user_attrs["role"] for t in study.trials] == ["baseline", "user_head"]
+    for t in study.trials:
+        assert t.state == TrialState.COMPLETE and 0 <= t.value <= 100
+        assert sorted(t.intermediate_values) == [1, 2]  # 2 epochs on cached trunk features, val IoU after each
+        assert all(0 <= v <= 1 for v in t.intermediate_values.values())
+        metrics, cost = t.user_attrs["metrics"], t.user_attrs["cost"]
+        assert {k: metrics[k] for k in cost} == cost
+        assert metrics["model_macs"] > metrics["head_macs"] > 0 and metrics["head_latency_ms"] > 0
+        assert Path(metrics["run_dir"]) == Path(t.user_attrs["run_dir"]) == tmp_path / "sweeps" / \
+            "synthetic_tiny_auc" / "trials" / str(t.number)
+        assert (Path(t.user_attrs["run_dir"]) / "metrics.json").is_file()
