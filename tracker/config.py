@@ -78,6 +78,7 @@ class TrainerConf:
     giou_weight: float = 2.0
     l1_weight: float = 5.0
     freeze_stage0: bool = True
+    frozen_bn: bool = True  # STARK freezes the (ImageNet-pretrained) backbone's BN; from scratch it must train
     seed: int = 42
     deterministic: bool = False
     head_feature_pairs: int = 0  # head fidelity: cached trunk features for this many pairs (0: one epoch's worth)

@@ -328,7 +328,10 @@ def ensure_baseline_trunk(cfg: DictConfig, progress: bool = True) -> Path:
     OmegaConf.set_struct(trunk_cfg, False)
     trunk_cfg.head = OmegaConf.structured(_baseline_head())
     t = trunk_cfg.trainer
-    t.fidelity, t.trunk, t.epochs = "full", None, t.trunk_epochs or t.epochs
+    epochs = t.trunk_epochs or t.epochs
+    # the step schedule keeps its place in the longer run (STARK: step at 400 of 500 epochs)
+    t.lr_step_epochs = max(1, round(t.lr_step_epochs * epochs / t.epochs))
+    t.fidelity, t.trunk, t.epochs = "full", None, epochs
     key = config_key(trunk_cfg.model, trunk_cfg.head, trunk_cfg.data,
                      {k: t[k] for k in ("template_size", "search_size", "epochs", "pairs_per_epoch", "batch_size",
                                         "lr", "backbone_lr_scale", "weight_decay", "grad_clip", "lr_step_epochs",
