@@ -138,13 +138,16 @@ def validate(cfg: DictConfig) -> Any:
 
 def compose(config_name: str, overrides: Sequence[str] = (), config_dir: str | Path | None = None,
             return_hydra_config: bool = False) -> DictConfig:
-    """Composes a config outside a Hydra app (tests, notebooks, the sweeper), then validates it."""
+    """Composes a config outside a Hydra app (tests, notebooks, the sweeper), then validates it.
+    `config_dir` adds a folder to the search path, as `--config-dir` does for an app."""
     from hydra import compose as hydra_compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    overrides = list(overrides)
+    if config_dir is not None:  # like `--config-dir DIR`: the primary config in DIR, groups from conf/ too
+        overrides.append(f"hydra.searchpath=[file://{CONF_DIR}]")
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(Path(config_dir or CONF_DIR).resolve()), version_base="1.3"):
-        cfg = hydra_compose(config_name=config_name, overrides=list(overrides),
-                            return_hydra_config=return_hydra_config)
+        cfg = hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=return_hydra_config)
     validate(cfg if not return_hydra_config else OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
     return cfg

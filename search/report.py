@@ -1,0 +1,417 @@
+"""The Pareto report of a sweep: `python -m search.report study=NAME` (or `storage=URL`, or `multirun=DIR`).
+
+Writes `runs/sweeps/<study>/report/`: `trials.csv` (one row per trial), `pareto.csv` and `summary.md`
+(Pareto-optimal architectures against the RepVGG baseline), plots (AUC against head MACs and parameters,
+hypervolume by trial, parameter importances) and `best.yaml`, a config that
+`python -m tracker.train --config-dir runs/sweeps/<study>/report --config-name best` retrains as is.
+
+A plain Hydra grid (`python -m tracker.train -m ...`) has no study: its run directories are read and put into
+an in-memory Optuna study, so both sources share one code path.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import optuna
+import pandas as pd
+import yaml
+from omegaconf import OmegaConf
+
+log = logging.getLogger(__name__)
+
+# what the report compares: (column, direction)
+OBJECTIVES = (("auc", "maximize"), ("head_macs", "minimize"), ("head_params_deploy", "minimize"))
+HEAD_FIELDS = ("block", "num_blocks", "channels", "activation", "kernel_size", "final_kernel_size", "expansion",
+               "norm")
+BASELINE_HEAD = {"block": "repvgg", "num_blocks": 2, "channels": 128, "activation": "relu", "kernel_size": 3,
+                 "final_kernel_size": 3}
+USER_HEAD = {"block": "dsconv", "num_blocks": 2, "channels": 64, "activation": "relu6", "kernel_size": 3,
+             "final_kernel_size": 1, "norm": False}
+
+
+class ReportError(ValueError):
+    pass
+
+
+# ------------------------------------------------------------------------------------------ loading trials
+def study_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial: state, parameters (`param_*`), metrics, cost, head, run dir, reasons."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        attrs = t.user_attrs
+        row: dict[str, Any] = {"trial": t.number, "state": t.state.name, "role": attrs.get("role"),
+                               "duration_s": attrs.get("duration_s"), "run_dir": attrs.get("run_dir"),
+                               "duplicate_of": attrs.get("duplicate_of"),
+                               "reason": attrs.get("fail_reason") or attrs.get("prune_reason") or attrs.get("note")}
+        row.update({f"param_{k}": v for k, v in t.params.items()})
+        row.update(attrs.get("cost") or {})
+        row.update(attrs.get("metrics") or {})
+        head = attrs.get("head") or _run_head(attrs.get("run_dir"))
+        if head:
+            row["head"] = json.dumps({k: head.get(k) for k in HEAD_FIELDS if k in head}, sort_keys=True)
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        raise ReportError(f"study {study.study_name!r} has no trials yet")
+    return frame
+
+
+def _run_head(run_dir: Optional[str]) -> Optional[dict]:
+    if not run_dir or not (Path(run_dir) / "config.yaml").is_file():
+        return None
+    return yaml.safe_load((Path(run_dir) / "config.yaml").read_text()).get("head")
+
+
+def grid_frame(multirun: str | os.PathLike) -> pd.DataFrame:
+    """Rows from a Hydra multirun directory of tracker.train jobs (`<dir>/<job>/metrics.json`)."""
+    root = Path(multirun)
+    jobs = sorted((p.parent.parent for p in root.glob("*/.hydra/overrides.yaml")), key=lambda p: (len(p.name), p.name))
+    if not jobs:
+        raise ReportError(f"multirun={str(root)!r} holds no Hydra job directories (<dir>/<n>/.hydra/overrides.yaml)")
+    rows = []
+    for number, job in enumerate(jobs):
+        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
+        row: dict[str, Any] = {"trial": number, "run_dir": str(job.resolve()), "role": None, "reason": None}
+        row.update({f"param_{o.split('=', 1)[0]}": o.split("=", 1)[1] for o in overrides if "=" in o})
+        metrics = job / "metrics.json"
+        if metrics.is_file():
+            values = json.loads(metrics.read_text())
+            row.update({k: v for k, v in values.items() if isinstance(v, (int, float, str, bool)) or v is None})
+            row["state"] = "COMPLETE"
+            row["duration_s"] = values.get("train_seconds")
+        else:
+            row["state"] = "FAIL"
+            error = job / "error.txt"
+            row["reason"] = error.read_text().strip().splitlines()[-1] if error.is_file() else "no metrics.json"
+        head = _run_head(str(job))
+        if head:
+            row["head"] = json.dumps({k: head.get(k) for k in HEAD_FIELDS if k in head}, sort_keys=True)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def frame_to_study(frame: pd.DataFrame, name: str = "grid") -> optuna.Study:
+    """An in-memory study of a grid's completed runs, so that Optuna's plots and importances apply."""
+    study = optuna.create_study(study_name=name, directions=[d for _, d in OBJECTIVES])
+    params = [c for c in frame.columns if c.startswith("param_")]
+    for _, row in frame[frame.state == "COMPLETE"].iterrows():
+        values = [float(row[c]) for c, _ in OBJECTIVES]
+        choices = {p[6:]: optuna.distributions.CategoricalDistribution(sorted(frame[p].dropna().astype(str).unique()))
+                   for p in params if isinstance(row[p], str)}
+        study.add_trial(optuna.trial.create_trial(
+            values=values, params={k: str(row[f"param_{k}"]) for k in choices}, distributions=choices))
+    return study
+
+
+# ------------------------------------------------------------------------------------------------ analysis
+def architectures(frame: pd.DataFrame) -> pd.DataFrame:
+    """Completed trials grouped by head architecture: mean and spread of the metrics over seeds."""
+    done = frame[(frame.state == "COMPLETE") & frame.get("auc", pd.Series(dtype=float)).notna()].copy()
+    if done.empty:
+        raise ReportError("no completed trial with an AUC to report")
+    if "head" not in done:
+        done["head"] = done["trial"].astype(str)
+    done["head"] = done["head"].fillna(done["trial"].astype(str))
+    if "duplicate_of" in done:  # a duplicate repeats its original's figures: count each run once
+        done = done[done["duplicate_of"].isna()]
+    numeric = [c for c in ("auc", "op50", "precision", "ao", "head_macs", "head_params", "head_params_deploy",
+                           "model_macs", "head_latency_ms", "model_latency_ms", "fps") if c in done]
+    grouped = done.groupby("head", sort=False)
+    table = grouped[numeric].mean()
+    table["auc_std"] = grouped["auc"].std(ddof=1) if len(done) > 1 else np.nan
+    table["seeds"] = grouped.size()
+    table["trials"] = grouped["trial"].apply(lambda s: ",".join(map(str, s)))
+    table["role"] = grouped["role"].apply(lambda s: next((r for r in s if isinstance(r, str)), None))
+    table = table.reset_index()
+    for role, reference in (("baseline", BASELINE_HEAD), ("user_head", USER_HEAD)):
+        if not (table["role"] == role).any():  # a grid has no roles: find the reference by its config
+            match = table["head"].map(lambda h: _matches(h, reference))
+            table.loc[match & table["role"].isna(), "role"] = role
+    return table
+
+
+def _matches(head_json: str, reference: dict) -> bool:
+    try:
+        head = json.loads(head_json)
+    except (TypeError, ValueError):
+        return False
+    return all(head.get(k) == v for k, v in reference.items())
+
+
+def pareto_mask(table: pd.DataFrame, objectives: Sequence[tuple[str, str]] = OBJECTIVES) -> np.ndarray:
+    """True for rows no other row dominates (at least as good in every objective, better in one)."""
+    signs = np.array([-1.0 if d == "maximize" else 1.0 for _, d in objectives])
+    points = table[[c for c, _ in objectives]].to_numpy(dtype=float) * signs
+    better_eq = (points[:, None, :] <= points[None, :, :]).all(-1)
+    strictly = (points[:, None, :] < points[None, :, :]).any(-1)
+    dominated = (better_eq & strictly).any(0)
+    return ~dominated
+
+
+def compare_to_baseline(table: pd.DataFrame) -> pd.DataFrame:
+    base = table[table["role"] == "baseline"]
+    if base.empty:
+        log.warning("no baseline (head=repvgg) in the sweep: ratios are left empty")
+        for col in ("macs_x_fewer", "params_x_fewer", "auc_diff", "dominates_baseline", "within_seed_spread"):
+            table[col] = np.nan
+        return table
+    b = base.iloc[0]
+    table["macs_x_fewer"] = b["head_macs"] / table["head_macs"]
+    table["params_x_fewer"] = b["head_params_deploy"] / table["head_params_deploy"]
+    table["auc_diff"] = table["auc"] - b["auc"]
+    no_worse = (table["auc"] >= b["auc"]) & (table["head_macs"] <= b["head_macs"]) & (
+        table["head_params_deploy"] <= b["head_params_deploy"])
+    better = (table["auc"] > b["auc"]) | (table["head_macs"] < b["head_macs"]) | (
+        table["head_params_deploy"] < b["head_params_deploy"])
+    table["dominates_baseline"] = no_worse & better
+    spread = np.sqrt(table["auc_std"].fillna(0) ** 2 + (0 if math.isnan(b["auc_std"]) else b["auc_std"]) ** 2)
+    table["within_seed_spread"] = np.where(spread > 0, table["auc_diff"].abs() <= spread, np.nan)
+    return table
+
+
+def choose_best(table: pd.DataFrame, rule: str, max_head_macs: Optional[float] = None,
+                max_head_params: Optional[float] = None) -> pd.Series:
+    """`budget`: the highest AUC within the cost budget; `knee`: the front point nearest the ideal corner
+    (AUC and log MACs scaled to [0, 1])."""
+    front = table[table["pareto"]]
+    if rule == "budget":
+        fits = front
+        if max_head_macs is not None:
+            fits = fits[fits["head_macs"] <= max_head_macs]
+        if max_head_params is not None:
+            fits = fits[fits["head_params_deploy"] <= max_head_params]
+        if fits.empty:
+            raise ReportError(f"no Pareto-optimal trial fits the budget head_macs <= {max_head_macs}, "
+                              f"head_params_deploy <= {max_head_params}")
+        return fits.sort_values(["auc", "head_macs"], ascending=[False, True]).iloc[0]
+    if rule == "knee":
+        auc = front["auc"].to_numpy(float)
+        macs = np.log10(front["head_macs"].to_numpy(float))
+        span = lambda v: (v - v.min()) / (np.ptp(v) or 1.0)  # noqa: E731
+        distance = np.hypot(1 - span(auc), span(macs))
+        return front.iloc[int(np.argmin(distance))]
+    raise ReportError(f"select.rule={rule!r} is not allowed: budget or knee")
+
+
+# ------------------------------------------------------------------------------------------------- outputs
+def plot_front(table: pd.DataFrame, cost: str, path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    others = table[~table["pareto"]]
+    front = table[table["pareto"]].sort_values(cost)
+    ax.scatter(others[cost], others["auc"], c="0.65", s=22, label="trials")
+    err = front["auc_std"].fillna(0) if front["seeds"].max() > 1 else None
+    ax.errorbar(front[cost], front["auc"], yerr=err, fmt="o", c="tab:blue", ms=5, label="Pareto-optimal")
+    best = front["auc"].cummax()  # the front as a step: best AUC at or below each cost
+    ax.step(front[cost], best, where="post", c="tab:blue", lw=1)
+    for role, marker, colour, label in (("baseline", "s", "tab:red", "RepVGG baseline"),
+                                        ("user_head", "D", "tab:green", "user's DSConv head")):
+        rows = table[table["role"] == role]
+        if not rows.empty:
+            ax.scatter(rows[cost], rows["auc"], marker=marker, s=80, facecolors="none", edgecolors=colour,
+                       linewidths=2, label=label, zorder=5)
+    ax.set_xscale("log")
+    ax.set(xlabel={"head_macs": "head MACs (deploy form, log)",
+                   "head_params_deploy": "head parameters (deploy form, log)"}[cost], ylabel="AUC (%)", title=title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def optuna_plots(study: optuna.Study, out: Path, reference_point: Sequence[float]) -> dict[str, str]:
+    """Hypervolume by trial and parameter importances for AUC, drawn by Optuna."""
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.importance import PedAnovaImportanceEvaluator
+
+    written = {}
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")  # target is negated
+        if len(study.directions) > 1 and complete:
+            ax = optuna.visualization.matplotlib.plot_hypervolume_history(study, reference_point)
+            ax.figure.set_size_inches(6.4, 4.0)
+            ax.figure.tight_layout()
+            ax.figure.savefig(out / "hypervolume.png", dpi=130)
+            plt.close(ax.figure)
+            written["hypervolume"] = str(out / "hypervolume.png")
+        params = {k for t in complete for k in t.params}
+        if len(complete) >= 3 and params:
+            try:
+                ax = optuna.visualization.matplotlib.plot_param_importances(
+                    study, evaluator=PedAnovaImportanceEvaluator(), target=lambda t: -t.values[0],  # it ranks low values
+                    target_name="AUC")
+            except (RuntimeError, ValueError, ZeroDivisionError) as error:
+                log.warning("parameter importances not drawn: %s", error)
+            else:
+                ax.figure.set_size_inches(6.4, 4.0)
+                ax.figure.tight_layout()
+                ax.figure.savefig(out / "importances.png", dpi=130)
+                plt.close(ax.figure)
+                written["importances"] = str(out / "importances.png")
+    return written
+
+
+def best_config(row: pd.Series, frame: pd.DataFrame) -> dict[str, Any]:
+    """A primary config that composes conf/train.yaml with the chosen head and the trial's settings."""
+    trial = frame[frame["trial"] == int(str(row["trials"]).split(",")[0])].iloc[0]
+    run_dir = Path(str(trial["run_dir"]))
+    resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    choices = {}
+    hydra_file = run_dir / ".hydra" / "hydra.yaml"
+    if hydra_file.is_file():
+        runtime = yaml.safe_load(hydra_file.read_text())["hydra"]["runtime"]["choices"]
+        choices = {k: v for k, v in runtime.items() if k in ("head", "model", "data", "trainer", "evaluation")}
+    choices.setdefault("head", resolved["head"]["block"])
+    head = {k: v for k, v in resolved["head"].items() if not k.startswith("_")}
+    config = {"defaults": ["train", *({f"override {k}": v} for k, v in choices.items()), "_self_"],
+              "head": head}
+    for group in ("data", "trainer", "evaluation"):
+        if group in resolved:
+            config[group] = resolved[group]
+    return config
+
+
+def atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@dataclass
+class ReportConf:
+    study: Optional[str] = None
+    storage: Optional[str] = None  # default: runs/sweeps/<study>/journal.log
+    multirun: Optional[str] = None  # a Hydra multirun directory of tracker.train jobs, instead of a study
+    out_dir: Optional[str] = None  # default: runs/sweeps/<study>/report (or <multirun>/report)
+    rule: str = "budget"  # budget | knee
+    max_head_macs: Optional[float] = None
+    max_head_params: Optional[float] = None
+
+
+def load_frame(conf: ReportConf, runs_root: Path) -> tuple[pd.DataFrame, optuna.Study, Path]:
+    if conf.multirun:
+        frame = grid_frame(conf.multirun)
+        return frame, frame_to_study(frame), Path(conf.out_dir or Path(conf.multirun) / "report")
+    if not conf.study:
+        raise ReportError("study=NAME (with optional storage=URL) or multirun=DIR is required")
+    from search.study import open_storage, storage_location
+
+    sweep_dir = runs_root / "sweeps" / conf.study
+    location = storage_location(conf.storage, sweep_dir)
+    if not conf.storage and not Path(location).is_file():
+        raise ReportError(f"no study {conf.study!r}: {location} does not exist (run the sweep, or pass storage=URL)")
+    try:
+        study = optuna.load_study(study_name=conf.study, storage=open_storage(location))
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(open_storage(location))]
+        raise ReportError(f"study {conf.study!r} is not in {location}; it holds {names}") from None
+    return study_frame(study), study, Path(conf.out_dir or sweep_dir / "report")
+
+
+def build_report(conf: ReportConf, runs_root: Path) -> dict[str, Any]:
+    if conf.rule not in ("budget", "knee"):
+        raise ReportError(f"rule={conf.rule!r} is not allowed: budget or knee")
+    frame, study, out = load_frame(conf, runs_root)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "trials.csv", frame.to_csv(index=False))
+    table = architectures(frame)
+    table["pareto"] = pareto_mask(table)
+    table = compare_to_baseline(table)
+    front = table[table["pareto"]].sort_values("head_macs")
+    atomic_write(out / "pareto.csv", front.to_csv(index=False))
+    best = choose_best(table, conf.rule, conf.max_head_macs, conf.max_head_params)
+    atomic_write(out / "best.yaml", "# chosen by rule=" + conf.rule + "; retrain: python -m tracker.train "
+                 f"--config-dir {out} --config-name best\n" + yaml.safe_dump(best_config(best, frame), sort_keys=False))
+    plots = {"auc_vs_macs": str(plot_front(table, "head_macs", out / "auc_vs_macs.png", "AUC against head MACs")),
+             "auc_vs_params": str(plot_front(table, "head_params_deploy", out / "auc_vs_params.png",
+                                             "AUC against head parameters"))}
+    if not conf.multirun or len(study.trials):
+        reference = [0.0, float(table["head_macs"].max()) * 1.1, float(table["head_params_deploy"].max()) * 1.1]
+        if len(study.directions) == len(reference):
+            plots.update(optuna_plots(study, out, reference))
+    summary = summary_markdown(frame, table, front, best, conf)
+    atomic_write(out / "summary.md", summary)
+    return {"out_dir": str(out), "trials": len(frame), "complete": int((frame.state == "COMPLETE").sum()),
+            "pareto": front["trials"].tolist(), "best_trials": str(best["trials"]), "plots": plots,
+            "summary": summary}
+
+
+def summary_markdown(frame: pd.DataFrame, table: pd.DataFrame, front: pd.DataFrame, best: pd.Series,
+                     conf: ReportConf) -> str:
+    states = frame["state"].value_counts().to_dict()
+    cols = ["trials", "head", "auc", "auc_std", "seeds", "head_macs", "head_params_deploy", "macs_x_fewer",
+            "params_x_fewer", "auc_diff", "dominates_baseline", "within_seed_spread", "role"]
+    shown = front[[c for c in cols if c in front]].copy()
+    shown["head"] = shown["head"].map(_short_head)
+    lines = [f"# Sweep report", "", f"{len(frame)} trials: " + ", ".join(f"{v} {k.lower()}" for k, v in
+                                                                          states.items()) + ".", ""]
+    base = table[table["role"] == "baseline"]
+    if not base.empty:
+        b = base.iloc[0]
+        lines += [f"Baseline (RepVGG head): AUC {b['auc']:.2f}, {b['head_macs']:,.0f} head MACs, "
+                  f"{b['head_params_deploy']:,.0f} deployed head parameters.", ""]
+    lines += ["## Pareto-optimal architectures (AUC up, head MACs and parameters down)", "",
+              shown.to_markdown(index=False, floatfmt=".3g"), ""]
+    spread = front.get("within_seed_spread")
+    if spread is not None and spread.notna().any():
+        within = front[spread == True]  # noqa: E712
+        lines += [f"{len(within)} of the front's AUC differences to the baseline are within the seed-to-seed "
+                  "spread (|diff| <= combined std): those are not distinguishable from the baseline.", ""]
+    else:
+        lines += ["Each architecture ran with one seed: AUC differences carry no spread estimate. Rerun with "
+                  "several `trainer.seed` values to see which differences are real.", ""]
+    lines += [f"## Chosen architecture (rule: {conf.rule})", "", f"Trial(s) {best['trials']}: "
+              f"{_short_head(best['head'])}, AUC {best['auc']:.2f}, {best['head_macs']:,.0f} MACs. "
+              "Retrain it with `python -m tracker.train --config-dir <this folder> --config-name best`.", ""]
+    return "\n".join(lines)
+
+
+def _short_head(head_json: str) -> str:
+    try:
+        h = json.loads(head_json)
+    except (TypeError, ValueError):
+        return str(head_json)
+    text = f"{h.get('block')} x{h.get('num_blocks')} w{h.get('channels')} {h.get('activation')} k{h.get('kernel_size')}"
+    text += f" f{h.get('final_kernel_size')}"
+    if h.get("block") == "mbconv":
+        text += f" e{h.get('expansion')}"
+    return text
+
+
+def _main(cfg) -> None:
+    conf = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ReportConf), cfg))
+    runs_root = Path(os.environ.get("LIGHTTRACK_RUNS", Path(__file__).resolve().parents[1] / "runs"))
+    result = build_report(conf, runs_root)
+    print(result.pop("summary"))
+    print(f"report written to {result['out_dir']}")
+    print(json.dumps(result))
+
+
+def main() -> None:
+    import hydra
+
+    hydra.main(config_path="../conf", config_name="report", version_base="1.3")(_main)()
+
+
+if __name__ == "__main__":
+    main()
