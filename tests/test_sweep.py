@@ -110,7 +110,8 @@ def test_default_space_is_conditional_and_matches_the_issue():
 
 
 def test_command_line_sweeps_replace_extend_and_fix_dimensions():
-    entries = {"head": {"choices": ["repvgg", "dsconv"]}, "head.expansion": {"choices": [2, 4], "when": {"head": "dsconv"}}}
+    entries = {"head": {"choices": ["repvgg", "dsconv"]},
+               "head.expansion": {"choices": [2, 4], "when": {"head": "dsconv"}}}
     space = build_space(entries, ["head=choice(dsconv,mbconv)", "head.num_blocks=range(2,5)",
                                   "trainer.lr=tag(log,interval(1e-4,1e-2))", "head.channels=32,64",
                                   "trainer.epochs=3"])
@@ -355,3 +356,24 @@ def test_real_trials_report_to_the_study_and_cost_matches_before_and_after_train
         assert Path(metrics["run_dir"]) == Path(t.user_attrs["run_dir"]) == tmp_path / "sweeps" / \
             "synthetic_tiny_auc" / "trials" / str(t.number)
         assert (Path(t.user_attrs["run_dir"]) / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "nsga2", "random"])
+def test_samplers_are_chosen_by_config_and_seeded(tmp_path, sampler):
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for sweep_dir in runs:
+        ok(sweep(sweep_dir, f"hydra/sweeper/sampler={sampler}", "hydra.sweeper.max_trials=4"))
+    first, second = (load(d) for d in runs)
+    assert all(t.state == TrialState.COMPLETE for t in first.trials + second.trials)
+    assert [t.params for t in first.trials] == [t.params for t in second.trials]
+    assert len({tuple(sorted(t.params.items())) for t in first.trials}) == 4
+
+
+def test_invalid_candidates_fail_before_training_and_count(tmp_path):
+    ok(sweep(tmp_path / "s", "head=choice(dsconv)", "head.kernel_size=choice(4)", "hydra.sweeper.max_trials=4"))
+    study = load(tmp_path / "s")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2 + [TrialState.FAIL] * 2
+    for t in study.trials[2:]:
+        assert "rejected before training: HeadSpecError: head.kernel_size=4 is not allowed: an odd integer" in \
+            t.user_attrs["fail_reason"]
+        assert t.user_attrs["trained"] is False and not (tmp_path / "s" / "trials" / str(t.number)).exists()

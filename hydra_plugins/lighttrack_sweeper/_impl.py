@@ -239,12 +239,13 @@ class SweeperImpl:
                         job = self._prepare(study, trial, space, batch, deferred)
                         if job is not None:
                             trial.set_user_attr("trained", True)
-                    if job is None:
-                        settled_in_a_row += 1
-                    else:
+                    if job is not None:
                         batch.append(job)
+                        launched, settled_in_a_row = launched + 1, 0
+                    elif trial.user_attrs.get("fail_reason"):  # rejected configs count: a broken space ends
                         launched += 1
-                        settled_in_a_row = 0
+                    else:
+                        settled_in_a_row += 1
                 if not batch and not deferred:
                     break
                 self._run(study, batch)
@@ -262,9 +263,9 @@ class SweeperImpl:
             return False
         if self.max_trials is None:
             return True
-        trained = [t for t in study.get_trials(deepcopy=False, states=FINISHED + (TrialState.RUNNING,))
-                   if t.user_attrs.get("trained")]
-        return len(trained) < self.max_trials
+        counted = [t for t in study.get_trials(deepcopy=False, states=FINISHED + (TrialState.RUNNING,))
+                   if t.user_attrs.get("trained") or t.state == TrialState.FAIL]
+        return len(counted) < self.max_trials
 
     def _prepare(self, study: optuna.Study, trial: optuna.Trial, space: Space, batch: list[Job],
                  deferred: list) -> Optional[Job]:

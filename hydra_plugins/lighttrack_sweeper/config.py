@@ -45,10 +45,10 @@ class LightTrackSweeperConf:
     objectives: List[Any] = field(default_factory=_default_objectives)
     # dimensions by override key (conf/search/*.yaml lands here); command-line sweeps replace or extend them
     space: Dict[str, Any] = field(default_factory=dict)
-    # trials count when they train (enqueued references included); settled ones (rejected, over budget,
-    # duplicates) cost milliseconds and do not count
+    # trials count when they train or fail (enqueued references included); those settled by their cost (over
+    # budget) or as duplicates cost milliseconds and do not count
     n_trials: Optional[int] = None  # trials this process trains
-    max_trials: Optional[int] = None  # trained trials in the study at which every process stops
+    max_trials: Optional[int] = None  # trained (or failed) trials in the study at which every process stops
     max_settled: int = 200  # stop after this many candidates in a row were settled without training
     n_jobs: Optional[int] = None  # trials per launched batch; null: the launcher's n_jobs (1 for basic)
     seed: int = 0
