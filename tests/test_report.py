@@ -141,3 +141,22 @@ def test_report_reads_a_plain_grid(tmp_path):
     user = pareto[pareto["role"] == "user_head"].iloc[0]  # found by its config: a grid has no roles
     assert user["macs_x_fewer"] == pytest.approx(297_216 / 14_144)  # per feature cell, any feature size
     assert (tmp_path / "grid" / "report" / "best.yaml").is_file()
+
+
+def test_notebook_runs_on_a_tiny_study(tmp_path, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    name = _fake_study(tmp_path)
+    monkeypatch.setenv("LIGHTTRACK_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("LIGHTTRACK_STUDY", name)
+    notebook = nbformat.read(ROOT / "notebooks" / "pareto.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = "".join(str(o.get("data", {}).get("text/markdown", "")) + str(o.get("text", "")) for o in outputs)
+    assert "6 trials" in text
+    assert "The RepVGG baseline scores AUC 40.0" in text and "1 architecture(s) dominate it" in text
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) >= 4  # two fronts, hypervolume, importances
