@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -159,3 +160,34 @@ def test_train_cli_prints_json_last(workspace, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["run_dir"] == str((tmp_path / "cli").resolve()) and "auc" in result
+
+
+def test_online_tracker_maps_a_perfect_prediction_back_to_the_ground_truth(workspace):
+    """An oracle network that outputs the true box in crop coordinates must give back the ground truth:
+    this pins the crop, the normalisation and the mapping back to the image."""
+    from tracker.data.config import build_reader
+    from tracker.data.processing import crop_region
+    from tracker.evaluate import StarkTracker
+    from tracker.model import StarkLightning
+    from functools import partial
+    from heads import CornerHead
+
+    reader = build_reader(_cfg(workspace).data)
+    sequence = reader.sequence(reader.sequence_names()[0])
+    tracker = StarkTracker(StarkLightning(partial(CornerHead), template_size=32, search_size=64), torch.device("cpu"))
+    frame = {"i": 0}
+
+    def oracle(image, mask, template):
+        frame["i"] += 1
+        x, y, w, h = sequence.boxes[frame["i"]]
+        cx, cy, side = crop_region(tracker.box, tracker.search_factor)
+        x0, y0 = cx - side / 2, cy - side / 2
+        box = torch.tensor([[(x + w / 2 - x0) / side, (y + h / 2 - y0) / side, w / side, h / side]])
+        return {"boxes": box}
+
+    tracker.model.track = oracle
+    boxes = track_sequence(tracker, sequence)
+    visible = sequence.visible & (sequence.boxes[:, 2] > 10) & (sequence.boxes[:, 3] > 10)
+    inside = visible & (sequence.boxes[:, 0] >= 0) & (sequence.boxes[:, 1] >= 0)
+    assert inside.sum() >= len(sequence.boxes) // 2
+    assert np.abs(boxes[inside] - sequence.boxes[inside]).max() < 1e-3
