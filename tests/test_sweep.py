@@ -327,7 +327,8 @@ def test_trials_left_running_by_a_dead_sweep_are_failed_on_resume(tmp_path):
     orphan = study.ask()
     orphan.set_user_attr("host", socket.gethostname())
     orphan.set_user_attr("pid", dead.pid)
-    ok(sweep(tmp_path / "s", "hydra.sweeper.max_trials=2"))
+    orphan.set_user_attr("trained", True)
+    ok(sweep(tmp_path / "s", "hydra.sweeper.max_trials=3"))  # the orphan counts: it was launched
     study = load(tmp_path / "s")
     assert study.trials[0].state == TrialState.FAIL
     assert study.trials[0].user_attrs["fail_reason"] == f"its sweep process (pid {dead.pid}) died while it ran"
