@@ -17,10 +17,11 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# the CPU preset: the two reference heads + 12 searched trials on the embedded synthetic data (resumes if rerun)
+# the CPU preset: the two reference heads + 12 searched trials on the embedded synthetic data (resumes if rerun),
+# then the Pareto report in runs/sweeps/synthetic_cpu/report/
 sweep: $(STAMP)
 	$(PY) -m search.sweep -m trainer=cpu
-# $(PY) -m search.report study=synthetic_cpu
+	$(PY) -m search.report study=synthetic_cpu
 
 clean:
 	rm -rf $(VENV)
