@@ -201,7 +201,9 @@ def choose_best(table: pd.DataFrame, rule: str, max_head_macs: Optional[float] =
 
 
 # ------------------------------------------------------------------------------------------------- outputs
-def plot_front(table: pd.DataFrame, cost: str, path: Path, title: str) -> Path:
+def plot_front(table: pd.DataFrame, cost: str, path: Path, title: str, floor: Optional[float] = None) -> Path:
+    """AUC against a cost (log axis), the front as a step line, the references marked; `floor` draws the
+    static-box tracker's AUC, the score of not tracking at all."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -221,6 +223,8 @@ def plot_front(table: pd.DataFrame, cost: str, path: Path, title: str) -> Path:
         if not rows.empty:
             ax.scatter(rows[cost], rows["auc"], marker=marker, s=80, facecolors="none", edgecolors=colour,
                        linewidths=2, label=label, zorder=5)
+    if floor is not None and math.isfinite(floor):
+        ax.axhline(floor, ls="--", c="0.4", lw=1, label=f"static box (AUC {floor:.1f})")
     ax.set_xscale("log")
     ax.set(xlabel={"head_macs": "head MACs (deploy form, log)",
                    "head_params_deploy": "head parameters (deploy form, log)"}[cost], ylabel="AUC (%)", title=title)
@@ -342,9 +346,11 @@ def build_report(conf: ReportConf, runs_root: Path) -> dict[str, Any]:
     best = choose_best(table, conf.rule, conf.max_head_macs, conf.max_head_params)
     atomic_write(out / "best.yaml", "# chosen by rule=" + conf.rule + "; retrain: python -m tracker.train "
                  f"--config-dir {out} --config-name best\n" + yaml.safe_dump(best_config(best, frame), sort_keys=False))
-    plots = {"auc_vs_macs": str(plot_front(table, "head_macs", out / "auc_vs_macs.png", "AUC against head MACs")),
+    floor = float(frame["static_auc"].median()) if "static_auc" in frame else None
+    plots = {"auc_vs_macs": str(plot_front(table, "head_macs", out / "auc_vs_macs.png", "AUC against head MACs",
+                                           floor)),
              "auc_vs_params": str(plot_front(table, "head_params_deploy", out / "auc_vs_params.png",
-                                             "AUC against head parameters"))}
+                                             "AUC against head parameters", floor))}
     if not conf.multirun or len(study.trials):
         reference = [0.0, float(table["head_macs"].max()) * 1.1, float(table["head_params_deploy"].max()) * 1.1]
         if len(study.directions) == len(reference):
@@ -370,6 +376,9 @@ def summary_markdown(frame: pd.DataFrame, table: pd.DataFrame, front: pd.DataFra
         b = base.iloc[0]
         lines += [f"Baseline (RepVGG head): AUC {b['auc']:.2f}, {b['head_macs']:,.0f} head MACs, "
                   f"{b['head_params_deploy']:,.0f} deployed head parameters.", ""]
+    if "static_auc" in frame and frame["static_auc"].notna().any():
+        lines += [f"Static-box tracker (the first box forever) on the same sequences: AUC "
+                  f"{frame['static_auc'].median():.2f}; a head below it does not track.", ""]
     lines += ["## Pareto-optimal architectures (AUC up, head MACs and parameters down)", "",
               shown.to_markdown(index=False, floatfmt=".3g"), ""]
     spread = front.get("within_seed_spread")
