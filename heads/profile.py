@@ -11,10 +11,8 @@ import json
 import math
 import statistics
 import time
-from collections import Counter
-from typing import Any, Callable
-
 import warnings
+from typing import Any, Callable
 
 import torch
 from torch import nn

@@ -24,6 +24,8 @@ import pandas as pd
 import yaml
 from omegaconf import OmegaConf
 
+from tracker.io import atomic_write_text as atomic_write
+
 log = logging.getLogger(__name__)
 
 # what the report compares: (column, direction)
@@ -295,12 +297,6 @@ def best_config(row: pd.Series, frame: pd.DataFrame) -> dict[str, Any]:
     return config
 
 
-def atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 @dataclass
 class ReportConf:
     study: Optional[str] = None
@@ -369,7 +365,7 @@ def summary_markdown(frame: pd.DataFrame, table: pd.DataFrame, front: pd.DataFra
             "params_x_fewer", "auc_diff", "dominates_baseline", "within_seed_spread", "role"]
     shown = front[[c for c in cols if c in front]].copy()
     shown["head"] = shown["head"].map(_short_head)
-    lines = [f"# Sweep report", "", f"{len(frame)} trials: " + ", ".join(f"{v} {k.lower()}" for k, v in
+    lines = ["# Sweep report", "", f"{len(frame)} trials: " + ", ".join(f"{v} {k.lower()}" for k, v in
                                                                           states.items()) + ".", ""]
     base = table[table["role"] == "baseline"]
     if not base.empty:

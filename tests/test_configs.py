@@ -1,7 +1,6 @@
 """Every primary config in conf/ composes, with its defaults and with every option of each of its groups."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import yaml

@@ -6,7 +6,6 @@ from functools import partial
 import pytest
 import torch
 from hydra.utils import instantiate
-from torch import nn
 
 from heads import BLOCKS, CornerHead, reparameterize
 from heads.profile import count_params

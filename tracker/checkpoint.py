@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from torch import nn
 
 from heads import RepVGGBlock
 
+from .io import atomic_path
 from .model import TRUNK_PREFIXES, StarkLightning
 
 _REPVGG_BRANCHES = {"dense": "rbr_dense", "pointwise": "rbr_1x1", "identity": "rbr_identity", "fused": "rbr_reparam"}
@@ -103,15 +103,8 @@ def _load_mapped(model: nn.Module, state: dict[str, torch.Tensor], names: dict[s
 def save_checkpoint(path: str | os.PathLike, **payload: Any) -> Path:
     """Writes atomically: a temp file in the same folder, then os.replace."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -26,17 +26,18 @@ cover > 0), boxes clipped to the image when its size is known, non-inclusive geo
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 import pandas as pd
+
+from .io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -269,18 +270,6 @@ def score_sequences(predictions: Mapping[str, np.ndarray], sequences: Iterable[A
 
 # ---------------------------------------------------------------------------------------- results I/O
 
-@contextlib.contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """Yields a temporary path in the same folder; on success it replaces `path` in one step."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_results(directory: str | os.PathLike, name: str, boxes: np.ndarray) -> Path:
     """Writes `<directory>/<name>.txt`: x,y,w,h per line, comma-separated, 4 decimals (GOT-10k's own
     ground-truth format), atomically."""
@@ -288,7 +277,7 @@ def write_results(directory: str | os.PathLike, name: str, boxes: np.ndarray) ->
         raise ValueError(f"write_results: sequence name {name!r} is not allowed: a plain file name")
     boxes = check_predictions(boxes, len(np.asarray(boxes)), f"results for {name}")
     path = Path(directory) / f"{name}.txt"
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         np.savetxt(tmp, boxes, fmt="%.4f", delimiter=",")
     return path
 
@@ -348,7 +337,7 @@ def _plot(curves: Mapping[str, tuple[np.ndarray, float]], x: np.ndarray, path: s
     ax.legend(loc="lower left" if x[-1] <= 1 else "lower right", fontsize="small")
     fig.tight_layout()
     path = Path(path)
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", metadata={"Title": title, "Description": "; ".join(labels)})
     return path
 
@@ -448,7 +437,7 @@ def score_directories(cfg: Any, output_dir: str | os.PathLike) -> dict[str, Any]
     result = {"name": first, **summaries[first], "dataset": data_name, "trackers": summaries,
               "results": {n: str(d) for n, d in zip(conf.names, conf.directories)}, "plots": plots,
               "output_dir": str(out)}
-    with _atomic(out / "metrics.json") as tmp:
+    with atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(result, indent=2, allow_nan=False))
     return result
 
@@ -468,7 +457,7 @@ def write_report(scores: Mapping[str, Scores], out: str | os.PathLike, data_name
                                                       f"Normalised precision plot on {data_name}", True))}
     table = pd.concat([s.per_sequence().assign(tracker=name) for name, s in scores.items()], ignore_index=True)
     out.mkdir(parents=True, exist_ok=True)
-    with _atomic(out / "per_sequence.csv") as tmp:
+    with atomic_path(out / "per_sequence.csv") as tmp:
         table[["tracker", "sequence", *METRICS]].to_csv(tmp, index=False, float_format="%.4f")
     return summaries, paths
 

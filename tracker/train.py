@@ -11,7 +11,6 @@ import copy
 import hashlib
 import json
 import logging
-import math
 import os
 import random
 import time
@@ -33,6 +32,7 @@ from heads.profile import profile_model, resolve_device
 
 from .checkpoint import load_checkpoint, load_trunk, save_checkpoint
 from .config import CONF_DIR, validate
+from .io import atomic_path, atomic_write_text
 from .losses import box_loss
 from .model import TRUNK_PREFIXES, StarkLightning
 
@@ -49,13 +49,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def config_key(*nodes: Any) -> str:
@@ -276,10 +269,8 @@ class Trial:
         return OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True)
 
     def write_history(self, history: list[dict[str, float]]) -> None:
-        path = self.run_dir / "metrics.csv"
-        tmp = path.with_name(f".{path.name}.tmp")
-        pd.DataFrame(history).to_csv(tmp, index=False)
-        os.replace(tmp, path)
+        with atomic_path(self.run_dir / "metrics.csv") as tmp:
+            pd.DataFrame(history).to_csv(tmp, index=False)
 
 
 @torch.no_grad()
@@ -307,10 +298,8 @@ def cached_trunk_features(trial: Trial, model: StarkLightning, split: str, pairs
             chunks.append(model.search_features(batch["search"], batch["search_mask"], template).half().cpu())
             targets.append(box_convert(batch["search_box"], "xywh", "xyxy").cpu())
         features, target = torch.cat(chunks), torch.cat(targets)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save((features, target), tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save((features, target), tmp)
     return TensorDataset(features, target)
 
 

@@ -30,6 +30,7 @@ from search.objectives import ObjectiveError, objective_values, parse_objectives
 from search.space import Space, build_space, format_value, merge_overrides
 from search.study import (fail_orphans, forget, local_lock, open_storage, owner_attrs, remember,
                           storage_location)
+from tracker.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -106,13 +107,6 @@ def _short(value: Any) -> str:
     if isinstance(value, int) and abs(value) >= 10_000:
         return f"{value:.3g}"
     return str(value)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class SweeperImpl:
@@ -214,7 +208,7 @@ class SweeperImpl:
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         space = build_space(self.space_cfg, arguments, parser)
         sweep_dir = Path(self.config.hydra.sweep.dir)
-        _atomic_write(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(self.config))
+        atomic_write_text(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(self.config))
         with local_lock(self.location):
             study = self._open_study(space)
             self._enqueue_references(study, space)
@@ -377,7 +371,7 @@ class SweeperImpl:
         if outcome.seconds:
             trial.set_user_attr("duration_s", round(outcome.seconds, 3))
         if outcome.traceback:
-            _atomic_write(Path(job.run_dir) / "error.txt", outcome.traceback)
+            atomic_write_text(Path(job.run_dir) / "error.txt", outcome.traceback)
         if outcome.error is not None:
             state = TrialState.PRUNED if outcome.pruned else TrialState.FAIL
             self._tell(study, trial, job.params, job.role, state, job.started, reason=outcome.error,
