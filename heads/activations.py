@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable
+from typing import Any, Callable
 
 from torch import nn
 
@@ -16,8 +16,13 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
+def plain(name: Any) -> Any:
+    """A config Enum member (what a typed schema yields) as its plain value; anything else unchanged."""
+    return getattr(name, "value", name)
+
+
 def make_activation(name: str) -> nn.Module:
-    name = getattr(name, "value", name)
+    name = plain(name)
     if name not in ACTIVATIONS:
         raise ValueError(f"activation={name!r} is not known; choose one of {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[name]()

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .activations import make_activation
+from .activations import make_activation, plain
 
 BLOCKS: dict[str, type[nn.Module]] = {}
 
@@ -29,7 +29,7 @@ def register_block(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
 
 def build_block(name: str, in_channels: int, out_channels: int, **options) -> nn.Module:
     """Builds a registered block, passing only the options its constructor takes."""
-    name = getattr(name, "value", name)
+    name = plain(name)
     if name not in BLOCKS:
         raise ValueError(f"block={name!r} is not registered; choose one of {sorted(BLOCKS)}")
     cls = BLOCKS[name]

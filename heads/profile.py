@@ -70,7 +70,7 @@ def median_latency_ms(fn: Callable[[], Any], device: torch.device, warmup: int =
 def profile_head(head: nn.Module, in_channels: int, feat_size: int) -> dict[str, Any]:
     """Cheap cost figures of a head alone (no latency): what a sweep knows before training."""
     deployed = deploy_copy(head)
-    x = torch.zeros(1, in_channels, feat_size, feat_size)
+    x = torch.zeros(1, in_channels, feat_size, feat_size, device=next(head.parameters()).device)
     macs, _, unsupported = count_macs(deployed, (x,))
     return {"head_params": count_params(head), "head_params_deploy": count_params(deployed), "head_macs": macs,
             "head_unsupported_ops": unsupported}
@@ -101,8 +101,9 @@ def profile_model(model: nn.Module, device: torch.device | str = "cpu", latency:
                   repeats: int = 50) -> dict[str, Any]:
     """Full profile of a tracker exposing `encode_template`, `track`, `head`, `template_size`, `search_size`."""
     device = torch.device(device)
-    trained_head_params = count_params(model.head)
     deployed = deploy_copy(model).to(device)
+    in_channels, feat = deployed.encoder.linear2.out_features, deployed.search_feat
+    head = profile_head(model.head, in_channels, feat)
     zs, xs = deployed.template_size, deployed.search_size
     z = torch.zeros(1, 3, zs, zs, device=device)
     z_mask = torch.zeros(1, zs, zs, dtype=torch.bool, device=device)
@@ -112,22 +113,19 @@ def profile_model(model: nn.Module, device: torch.device | str = "cpu", latency:
     search = _SearchBranch(deployed, template)
     model_macs, by_module, unsupported = count_macs(search, (x, x_mask))
     template_macs, _, template_unsupported = count_macs(_TemplateBranch(deployed), (z, z_mask))
-    head_in = torch.zeros(1, deployed.encoder.linear2.out_features, deployed.search_feat, deployed.search_feat,
-                          device=device)
-    head_macs, _, head_unsupported = count_macs(deployed.head, (head_in,))
+    head_unsupported = head.pop("head_unsupported_ops")
     result: dict[str, Any] = {
-        "head_params": trained_head_params,
-        "head_params_deploy": count_params(deployed.head),
-        "head_macs": head_macs,
+        **head,
         "model_params_deploy": count_params(deployed),
         "model_macs": model_macs,
         "backbone_macs": int(by_module.get("model.backbone", 0)),
         "template_macs": template_macs,
         "unsupported_ops": sorted(set(unsupported) | set(template_unsupported) | set(head_unsupported)),
-        "feature_size": deployed.search_feat,
+        "feature_size": feat,
         "device": str(device),
     }
     if latency:
+        head_in = torch.zeros(1, in_channels, feat, feat, device=device)
         result["head_latency_ms"] = median_latency_ms(lambda: deployed.head(head_in), device, warmup, repeats)
         result["model_latency_ms"] = median_latency_ms(lambda: search(x, x_mask), device, warmup, repeats)
     return result

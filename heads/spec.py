@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Sequence
 
-from .activations import ACTIVATIONS
+from .activations import ACTIVATIONS, plain
 from .blocks import BLOCKS
 
 BlockName = Enum("BlockName", {name: name for name in BLOCKS}, type=str)
@@ -23,14 +23,10 @@ class HeadSpecError(ValueError):
     """A head option outside what is allowed; the message names the field, the value and the rule."""
 
 
-def _value(x: Any) -> Any:
-    return getattr(x, "value", x)
-
-
 def check_head_options(*, block: Any, num_blocks: Any, channels: Any, activation: Any, kernel_size: Any,
                        final_kernel_size: Any, expansion: Any, prefix: str = "head.") -> list[int]:
     """Validates head options; returns the per-block widths."""
-    block, activation = _value(block), _value(activation)
+    block, activation = plain(block), plain(activation)
 
     def fail(field: str, value: Any, allowed: str) -> None:
         raise HeadSpecError(f"{prefix}{field}={value!r} is not allowed: {allowed}")

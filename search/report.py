@@ -405,8 +405,9 @@ def _short_head(head_json: str) -> str:
 
 def _main(cfg) -> None:
     conf = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ReportConf), cfg))
-    runs_root = Path(os.environ.get("LIGHTTRACK_RUNS", Path(__file__).resolve().parents[1] / "runs"))
-    result = build_report(conf, runs_root)
+    from tracker.config import runs_root
+
+    result = build_report(conf, runs_root())
     print(result.pop("summary"))
     print(f"report written to {result['out_dir']}")
     print(json.dumps(result))

@@ -12,6 +12,13 @@ from typing import Any, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def runs_root() -> Path:
+    """Where everything is written: runs/ beside conf/, or $LIGHTTRACK_RUNS."""
+    import os
+
+    return Path(os.environ.get("LIGHTTRACK_RUNS", CONF_DIR.parent / "runs"))
 STRIDE = 16
 
 

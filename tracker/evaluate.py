@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from heads import reparameterize
 
 from .data.processing import PairProcessing, crop_image, crop_region
+from .io import atomic_write_text
 from .model import StarkLightning
 
 log = logging.getLogger(__name__)
@@ -182,7 +183,7 @@ def _main(cfg: DictConfig) -> None:
     out_dir = Path(cfg.output_dir or HydraConfig.get().runtime.output_dir)
     result = evaluate_model(model.to(device), cfg, out_dir, device, progress=cfg.progress)
     result["checkpoint"] = str(cfg.checkpoint)
-    (out_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+    atomic_write_text(out_dir / "metrics.json", json.dumps(result, indent=2))
     print(json.dumps(result))
 
 

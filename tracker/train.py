@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from heads.profile import profile_model, resolve_device
 
 from .checkpoint import load_checkpoint, load_trunk, save_checkpoint
-from .config import CONF_DIR, validate
+from .config import runs_root, validate
 from .io import atomic_path, atomic_write_text
 from .losses import box_loss
 from .model import TRUNK_PREFIXES, StarkLightning
@@ -232,7 +232,8 @@ class Trial:
     # ---- head fidelity: train on cached trunk features ---------------------------------------------
     def head_feature_batches(self, model: StarkLightning) -> dict[str, TensorDataset]:
         pairs = self.t.head_feature_pairs or self.t.pairs_per_epoch
-        return {split: cached_trunk_features(self, model, split, pairs if split == "train" else
+        trunk = trunk_digest(model)
+        return {split: cached_trunk_features(self, model, trunk, split, pairs if split == "train" else
                                              max(self.t.batch_size, pairs // 4)) for split in ("train", "val")}
 
     def train_head_epoch(self, model: StarkLightning, optimizer, data: dict[str, TensorDataset],
@@ -273,17 +274,22 @@ class Trial:
             pd.DataFrame(history).to_csv(tmp, index=False)
 
 
-@torch.no_grad()
-def cached_trunk_features(trial: Trial, model: StarkLightning, split: str, pairs: int) -> TensorDataset:
-    """Trunk outputs (the head's input) and target corners for a fixed set of pairs, computed once and kept
-    under runs/features/, keyed by the trunk weights, the data, the crop sizes, the pair count and the seed."""
-    t = trial.t
-    trunk_state = {k: v for k, v in model.state_dict().items() if k.startswith(TRUNK_PREFIXES)}
+def trunk_digest(model: StarkLightning) -> str:
+    """A hash of the trunk's weights: cached features are valid for exactly these."""
     digest = hashlib.sha256()
-    for k in sorted(trunk_state):
-        digest.update(k.encode())
-        digest.update(trunk_state[k].detach().cpu().numpy().tobytes())
-    key = config_key(trial.cfg.data, digest.hexdigest(), split, pairs, t.template_size, t.search_size, t.seed)
+    for name, value in sorted(model.state_dict().items()):
+        if name.startswith(TRUNK_PREFIXES):
+            digest.update(name.encode())
+            digest.update(value.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def cached_trunk_features(trial: Trial, model: StarkLightning, trunk: str, split: str, pairs: int) -> TensorDataset:
+    """Trunk outputs (the head's input) and target corners for a fixed set of pairs, computed once and kept
+    under runs/features/, keyed by the trunk weights' digest, the data, the crop sizes, the pair count and the seed."""
+    t = trial.t
+    key = config_key(trial.cfg.data, trunk, split, pairs, t.template_size, t.search_size, t.seed)
     path = runs_root() / "features" / f"{split}-{key}.pt"
     if path.is_file():
         features, target = torch.load(path, weights_only=True)
@@ -301,10 +307,6 @@ def cached_trunk_features(trial: Trial, model: StarkLightning, split: str, pairs
         with atomic_path(path) as tmp:
             torch.save((features, target), tmp)
     return TensorDataset(features, target)
-
-
-def runs_root() -> Path:
-    return Path(os.environ.get("LIGHTTRACK_RUNS", CONF_DIR.parent / "runs"))
 
 
 def ensure_baseline_trunk(cfg: DictConfig, progress: bool = True) -> Path:
