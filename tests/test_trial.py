@@ -103,9 +103,16 @@ def test_head_fidelity_trains_only_the_head_on_the_cached_trunk(workspace, tmp_p
     assert torch.equal(model.state_dict()["encoder.linear1.weight"].cpu(), trunk["encoder.linear1.weight"])
     assert all(0.0 <= s["val_iou"] <= 1.0 for s in stats) and len(stats) == 2
     assert len(list((workspace / "runs" / "features").glob("train-*.pt"))) == 1
-    Trial(cfg, tmp_path / "head2", progress=False).train()  # a second trial reuses trunk and features
+    # another head trial, with its own lr and schedule, reuses the trunk and its features
+    other = _cfg(workspace, "head=mbconv", "head.channels=16", "trainer.fidelity=head", "trainer.lr=3e-3",
+                 "trainer.epochs=1", "trainer.grad_clip=1.0")
+    Trial(other, tmp_path / "head2", progress=False).train()
     assert len(list((workspace / "runs" / "trunks").glob("*/trunk.pt"))) == 1
     assert len(list((workspace / "runs" / "features").glob("train-*.pt"))) == 1
+    # the trunk's own recipe is its cache key
+    Trial(_cfg(workspace, "trainer.fidelity=head", "trainer.baseline_trunk.lr=2e-3"), tmp_path / "head3",
+          progress=False).train()
+    assert len(list((workspace / "runs" / "trunks").glob("*/trunk.pt"))) == 2
 
 
 def test_finetune_from_an_explicit_trunk(workspace, tmp_path):
@@ -122,6 +129,10 @@ def test_bad_trainer_values_fail_before_work(workspace):
         _cfg(workspace, "trainer.fidelity=partial")
     with pytest.raises(ValueError, match=r"trainer.amp='fp8' is not allowed"):
         _cfg(workspace, "trainer.amp=fp8")
+    with pytest.raises(ValueError, match=r"trainer.batch_size=0 is not allowed: an integer >= 1"):
+        _cfg(workspace, "trainer.batch_size=0")
+    with pytest.raises(ValueError, match=r"trainer.baseline_trunk.lr=-0.1 is not allowed: a number > 0"):
+        _cfg(workspace, "trainer.baseline_trunk.lr=-0.1")
     with pytest.raises(FileNotFoundError, match="trainer.trunk"):
         Trial(_cfg(workspace, "trainer.fidelity=head", "trainer.trunk=/nonexistent.pt"), "/tmp/x").build_model()
 

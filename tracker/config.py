@@ -62,12 +62,50 @@ FIDELITIES = ("full", "finetune", "head")
 AMP_MODES = ("auto", "bf16", "fp16", "fp32")
 
 
+def _check(conf: Any, prefix: str, positive_ints: Sequence[str] = (), non_negative_ints: Sequence[str] = (),
+           non_negative: Sequence[str] = (), positive: Sequence[str] = ()) -> None:
+    """Raises a ConfigError naming the first field outside its range."""
+    rules = [(positive_ints, lambda v: v >= 1, "an integer >= 1"), (non_negative_ints, lambda v: v >= 0, "an integer >= 0"),
+             (non_negative, lambda v: v >= 0, "a number >= 0"), (positive, lambda v: v > 0, "a number > 0")]
+    for names, ok, allowed in rules:
+        for name in names:
+            if not ok(getattr(conf, name)):
+                raise ConfigError(f"{prefix}.{name}={getattr(conf, name)!r} is not allowed: {allowed}")
+
+
+@dataclass
+class BaselineTrunkConf:
+    """How the baseline trunk that head and finetune trials start from is trained when `trainer.trunk` is null.
+    A recipe of its own, so that sweeping the head trial's lr or batch size reuses one cached trunk; the crop
+    sizes, frozen BN, device and precision come from the trainer."""
+
+    epochs: int = 500
+    pairs_per_epoch: int = 60_000
+    batch_size: int = 16
+    lr: float = 1e-4
+    backbone_lr_scale: float = 0.1
+    weight_decay: float = 1e-4
+    grad_clip: float = 0.1
+    lr_step_epochs: int = 400
+    lr_gamma: float = 0.1
+    giou_weight: float = 2.0
+    l1_weight: float = 5.0
+    freeze_stage0: bool = True
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        _check(self, "trainer.baseline_trunk", positive_ints=("epochs", "pairs_per_epoch", "batch_size", "lr_step_epochs"),
+               non_negative=("weight_decay", "grad_clip", "giou_weight", "l1_weight", "backbone_lr_scale"),
+               positive=("lr",))
+
+
 @dataclass
 class TrainerConf:
     """How a trial trains: STARK-Lightning's recipe (SPEC.md) at the preset's scale."""
 
     fidelity: str = "full"  # full | finetune | head
-    trunk: Optional[str] = None  # checkpoint for finetune/head; null: the cached baseline trunk for this data
+    trunk: Optional[str] = None  # checkpoint for finetune/head; null: the cached baseline trunk (baseline_trunk)
+    baseline_trunk: BaselineTrunkConf = field(default_factory=BaselineTrunkConf)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto (CUDA: bf16 where supported, else fp16 with a scaler; CPU: fp32) | bf16 | fp16 | fp32
     template_size: int = 128
@@ -89,7 +127,6 @@ class TrainerConf:
     seed: int = 42
     deterministic: bool = False
     head_feature_pairs: int = 0  # head fidelity: cached trunk features for this many pairs (0: one epoch's worth)
-    trunk_epochs: int = 0  # the auto-trained baseline trunk's epochs (0: same as `epochs`)
     report_every: int = 1  # epochs between intermediate evaluations reported to a pruner (0: never)
 
     def __post_init__(self) -> None:
@@ -105,17 +142,10 @@ class TrainerConf:
         for name in ("template_size", "search_size"):
             if getattr(self, name) < STRIDE or getattr(self, name) % STRIDE:
                 fail(name, f"a positive multiple of {STRIDE}")
-        for name in ("epochs", "pairs_per_epoch", "batch_size", "lr_step_epochs"):
-            if getattr(self, name) < 1:
-                fail(name, "an integer >= 1")
-        for name in ("num_workers", "head_feature_pairs", "trunk_epochs", "report_every"):
-            if getattr(self, name) < 0:
-                fail(name, "an integer >= 0")
-        for name in ("lr", "weight_decay", "grad_clip", "giou_weight", "l1_weight", "backbone_lr_scale"):
-            if getattr(self, name) < 0:
-                fail(name, "a number >= 0")
-        if self.lr == 0:
-            fail("lr", "a number > 0")
+        _check(self, "trainer", positive_ints=("epochs", "pairs_per_epoch", "batch_size", "lr_step_epochs"),
+               non_negative_ints=("num_workers", "head_feature_pairs", "report_every"),
+               non_negative=("weight_decay", "grad_clip", "giou_weight", "l1_weight", "backbone_lr_scale"),
+               positive=("lr",))
 
 
 @dataclass

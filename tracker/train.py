@@ -318,15 +318,9 @@ def ensure_baseline_trunk(cfg: DictConfig, progress: bool = True) -> Path:
     trunk_cfg = copy.deepcopy(cfg)
     OmegaConf.set_struct(trunk_cfg, False)
     trunk_cfg.head = OmegaConf.structured(_baseline_head())
-    t = trunk_cfg.trainer
-    epochs = t.trunk_epochs or t.epochs
-    # the step schedule keeps its place in the longer run (STARK: step at 400 of 500 epochs)
-    t.lr_step_epochs = max(1, round(t.lr_step_epochs * epochs / t.epochs))
-    t.fidelity, t.trunk, t.epochs = "full", None, epochs
-    key = config_key(trunk_cfg.model, trunk_cfg.head, trunk_cfg.data,
-                     {k: t[k] for k in ("template_size", "search_size", "epochs", "pairs_per_epoch", "batch_size",
-                                        "lr", "backbone_lr_scale", "weight_decay", "grad_clip", "lr_step_epochs",
-                                        "lr_gamma", "giou_weight", "l1_weight", "seed", "freeze_stage0")})
+    t, recipe = trunk_cfg.trainer, trunk_cfg.trainer.baseline_trunk
+    t.update({**OmegaConf.to_container(recipe), "fidelity": "full", "trunk": None})
+    key = config_key(trunk_cfg.model, trunk_cfg.head, trunk_cfg.data, recipe)  # model: crop sizes, frozen BN
     directory = runs_root() / "trunks" / key
     final = directory / "trunk.pt"
     directory.mkdir(parents=True, exist_ok=True)
