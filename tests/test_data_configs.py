@@ -95,3 +95,11 @@ def test_synthetic_preset_generates_into_the_cache_and_loads(tmp_path, monkeypat
     shapes = [b["search"].shape for b in val]
     assert shapes == [torch.Size([2, 3, 48, 48]), torch.Size([1, 3, 48, 48])]
     assert len(os.listdir(tmp_path)) >= 1
+    # the trainer's jitter override: none puts every search box's centre at the crop centre
+    still = build_pair_loader(cfg, search_size=64, pairs_per_epoch=4, batch_size=4, num_workers=0, seed=1,
+                              device="cpu", center_jitter=0.0, scale_jitter=0.0)
+    centres = next(iter(still))["search_box"]
+    assert torch.allclose(centres[:, :2] + centres[:, 2:] / 2, torch.full((4, 2), 0.5), atol=0.02)
+    jittered = next(iter(build_pair_loader(cfg, search_size=64, pairs_per_epoch=4, batch_size=4, num_workers=0,
+                                           seed=1, device="cpu")))["search_box"]
+    assert not torch.allclose(jittered[:, :2] + jittered[:, 2:] / 2, torch.full((4, 2), 0.5), atol=0.02)

@@ -133,6 +133,8 @@ def test_bad_trainer_values_fail_before_work(workspace):
         _cfg(workspace, "trainer.batch_size=0")
     with pytest.raises(ValueError, match=r"trainer.baseline_trunk.lr=-0.1 is not allowed: a number > 0"):
         _cfg(workspace, "trainer.baseline_trunk.lr=-0.1")
+    with pytest.raises(ValueError, match=r"trainer.search_center_jitter=-1.0 is not allowed"):
+        _cfg(workspace, "trainer.search_center_jitter=-1.0")
     with pytest.raises(FileNotFoundError, match="trainer.trunk"):
         Trial(_cfg(workspace, "trainer.fidelity=head", "trainer.trunk=/nonexistent.pt"), "/tmp/x").build_model()
 

@@ -110,6 +110,8 @@ class TrainerConf:
     amp: str = "auto"  # auto (CUDA: bf16 where supported, else fp16 with a scaler; CPU: fp32) | bf16 | fp16 | fp32
     template_size: int = 128
     search_size: int = 320
+    search_center_jitter: Optional[float] = None  # null: the data config's (STARK: 4.5)
+    search_scale_jitter: Optional[float] = None  # null: the data config's (STARK: 0.5)
     epochs: int = 500
     pairs_per_epoch: int = 60_000
     batch_size: int = 16
@@ -142,6 +144,9 @@ class TrainerConf:
         for name in ("template_size", "search_size"):
             if getattr(self, name) < STRIDE or getattr(self, name) % STRIDE:
                 fail(name, f"a positive multiple of {STRIDE}")
+        for name in ("search_center_jitter", "search_scale_jitter"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                fail(name, "null (the data config's) or a number >= 0")
         _check(self, "trainer", positive_ints=("epochs", "pairs_per_epoch", "batch_size", "lr_step_epochs"),
                non_negative_ints=("num_workers", "head_feature_pairs", "report_every"),
                non_negative=("weight_decay", "grad_clip", "giou_weight", "l1_weight", "backbone_lr_scale"),

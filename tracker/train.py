@@ -124,7 +124,8 @@ class Trial:
         return build_pair_loader(self.cfg.data, split=split, template_size=self.t.template_size,
                                  search_size=self.t.search_size, pairs_per_epoch=pairs,
                                  batch_size=self.t.batch_size, num_workers=self.t.num_workers, seed=seed,
-                                 device=self.device)
+                                 device=self.device, center_jitter=self.t.search_center_jitter,
+                                 scale_jitter=self.t.search_scale_jitter)
 
     # ---- model ------------------------------------------------------------------------------------
     def build_model(self) -> StarkLightning:
@@ -287,9 +288,11 @@ def trunk_digest(model: StarkLightning) -> str:
 @torch.no_grad()
 def cached_trunk_features(trial: Trial, model: StarkLightning, trunk: str, split: str, pairs: int) -> TensorDataset:
     """Trunk outputs (the head's input) and target corners for a fixed set of pairs, computed once and kept
-    under runs/features/, keyed by the trunk weights' digest, the data, the crop sizes, the pair count and the seed."""
+    under runs/features/, keyed by the trunk weights' digest, the data, the crops (sizes, jitter), the pair count
+    and the seed."""
     t = trial.t
-    key = config_key(trial.cfg.data, trunk, split, pairs, t.template_size, t.search_size, t.seed)
+    key = config_key(trial.cfg.data, trunk, split, pairs, t.template_size, t.search_size, t.seed,
+                     t.search_center_jitter, t.search_scale_jitter)
     path = runs_root() / "features" / f"{split}-{key}.pt"
     if path.is_file():
         features, target = torch.load(path, weights_only=True)
@@ -320,7 +323,8 @@ def ensure_baseline_trunk(cfg: DictConfig, progress: bool = True) -> Path:
     trunk_cfg.head = OmegaConf.structured(_baseline_head())
     t, recipe = trunk_cfg.trainer, trunk_cfg.trainer.baseline_trunk
     t.update({**OmegaConf.to_container(recipe), "fidelity": "full", "trunk": None})
-    key = config_key(trunk_cfg.model, trunk_cfg.head, trunk_cfg.data, recipe)  # model: crop sizes, frozen BN
+    key = config_key(trunk_cfg.model, trunk_cfg.head, trunk_cfg.data, recipe,  # model: crop sizes, frozen BN
+                     {k: t[k] for k in ("search_center_jitter", "search_scale_jitter")})
     directory = runs_root() / "trunks" / key
     final = directory / "trunk.pt"
     directory.mkdir(parents=True, exist_ok=True)

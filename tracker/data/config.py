@@ -193,10 +193,15 @@ def build_train_loader(cfg: Any, device: Any = None, epoch: int = 0):
     return build_pair_loader(cfg, "train", device=device, epoch=epoch)
 
 
+def _given(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
 def build_pair_loader(cfg: Any, split: str = "train", template_size: int | None = None,
                       search_size: int | None = None, pairs_per_epoch: int | None = None,
                       batch_size: int | None = None, num_workers: int | None = None, seed: int | None = None,
-                      device: Any = None, epoch: int = 0):
+                      device: Any = None, epoch: int = 0, center_jitter: float | None = None,
+                      scale_jitter: float | None = None):
     """A DataLoader of processed pairs. `split="train"`: the training mixture (`sources`, else
     `train_split`), last partial batch dropped; any other split: pairs from that split of the evaluated
     dataset (`data.split` when "val" is asked), every pair kept. Arguments given override the config."""
@@ -205,7 +210,9 @@ def build_pair_loader(cfg: Any, split: str = "train", template_size: int | None 
     data = replace(
         data,
         processing=replace(p, template=replace(p.template, size=template_size or p.template.size),
-                           search=replace(p.search, size=search_size or p.search.size)),
+                           search=replace(p.search, size=search_size or p.search.size,
+                                          center_jitter=_given(center_jitter, p.search.center_jitter),
+                                          scale_jitter=_given(scale_jitter, p.search.scale_jitter))),
         sampling=replace(s, pairs_per_epoch=pairs_per_epoch or s.pairs_per_epoch,
                          seed=s.seed if seed is None else seed),
         loader=replace(loader, batch_size=batch_size or loader.batch_size,
