@@ -174,7 +174,8 @@ def compare_to_baseline(table: pd.DataFrame) -> pd.DataFrame:
         table["head_params_deploy"] < b["head_params_deploy"])
     table["dominates_baseline"] = no_worse & better
     spread = np.sqrt(table["auc_std"].fillna(0) ** 2 + (0 if math.isnan(b["auc_std"]) else b["auc_std"]) ** 2)
-    table["within_seed_spread"] = np.where(spread > 0, table["auc_diff"].abs() <= spread, np.nan)
+    within = np.where(spread > 0, table["auc_diff"].abs() <= spread, np.nan)
+    table["within_seed_spread"] = np.where(table["role"] == "baseline", np.nan, within)
     return table
 
 
@@ -380,8 +381,9 @@ def summary_markdown(frame: pd.DataFrame, table: pd.DataFrame, front: pd.DataFra
     spread = front.get("within_seed_spread")
     if spread is not None and spread.notna().any():
         within = front[spread == True]  # noqa: E712
-        lines += [f"{len(within)} of the front's AUC differences to the baseline are within the seed-to-seed "
-                  "spread (|diff| <= combined std): those are not distinguishable from the baseline.", ""]
+        lines += [f"{len(within)} of the front's {int(spread.notna().sum())} AUC differences to the baseline are "
+                  "within the seed-to-seed spread (|diff| <= combined std): those are not distinguishable from "
+                  "the baseline.", ""]
     else:
         lines += ["Each architecture ran with one seed: AUC differences carry no spread estimate. Rerun with "
                   "several `trainer.seed` values to see which differences are real.", ""]

@@ -108,6 +108,8 @@ def test_seeded_trials_are_mean_and_spread(tmp_path):
     build_report(ReportConf(study=name), tmp_path / "runs")
     pareto = pd.read_csv(tmp_path / "runs" / "sweeps" / "fake" / "report" / "pareto.csv")
     assert (pareto["seeds"] == 3).all() and (pareto["auc_std"] > 0).all()
+    assert pareto.loc[pareto["role"] == "baseline", "within_seed_spread"].isna().all()  # not compared to itself
+    assert pareto.loc[pareto["role"] != "baseline", "within_seed_spread"].notna().all()
     assert "within the seed-to-seed spread" in (tmp_path / "runs" / "sweeps" / "fake" / "report" /
                                                   "summary.md").read_text()
 
