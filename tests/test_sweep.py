@@ -218,6 +218,11 @@ def test_rerunning_resumes_the_same_study(tmp_path):
     assert study.user_attrs["sweep_processes"] == 2
     ok(sweep(tmp_path / "s", "hydra.sweeper.max_trials=5"))  # already there: nothing more to do
     assert len(load(tmp_path / "s").trials) == 5
+    # another recipe under the same study name would mix incomparable trials: refused, naming what changed
+    changed = sweep(tmp_path / "s", "hydra.sweeper.max_trials=7", "trainer.epochs=3")
+    assert changed.returncode != 0
+    assert "was run with another recipe: trainer.epochs: 2 then, 3 now" in changed.stderr
+    assert len(load(tmp_path / "s").trials) == 5
 
 
 def test_two_processes_share_one_study(tmp_path):

@@ -101,6 +101,14 @@ def config_key(task_cfg: DictConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) for every leaf that differs between two nested dicts."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(set(old) | set(new), key=str)
+                for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [] if old == new else [(prefix.rstrip("."), old, new)]
+
+
 def _short(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -163,11 +171,21 @@ class SweeperImpl:
             raise SweepConfigError(
                 f"study {self.study_name!r} in {self.location} optimises {study.metric_names} {have}, but "
                 f"hydra.sweeper.objectives asks {names} {directions}: use another hydra.sweeper.study_name")
+        recipe = self._recipe(space)
         if not study.metric_names:
             study.set_metric_names(names)
             study.set_user_attr("objectives", [vars(o) for o in self.objectives])
             study.set_user_attr("budget", self.budget)
             study.set_user_attr("space", {d.name: repr(d.distribution) for d in space.dimensions})
+            study.set_user_attr("recipe", recipe)
+        elif "recipe" in study.user_attrs and study.user_attrs["recipe"] != recipe:
+            changed = _differences(study.user_attrs["recipe"], recipe)
+            raise SweepConfigError(
+                f"study {self.study_name!r} in {self.location} was run with another recipe: "
+                + "; ".join(f"{k}: {a!r} then, {b!r} now" for k, a, b in changed[:5])
+                + (f" (and {len(changed) - 5} more)" if len(changed) > 5 else "")
+                + ". Its trials would not compare with new ones: set hydra.sweeper.study_name=<new name> "
+                "(or delete the study's folder to start it again)")
         index = int(study.user_attrs.get("sweep_processes", 0))
         study.set_user_attr("sweep_processes", index + 1)
         # each process gets its own deterministic stream, so concurrent sweeps do not propose the same trials
@@ -181,6 +199,16 @@ class SweeperImpl:
             log.warning("trials %s were RUNNING in a sweep process that died: marked FAIL", orphans)
         remember(self.location, storage)
         return study
+
+    def _recipe(self, space: Space) -> dict:
+        """Everything a trial inherits but the searched head: data, model, trainer, evaluation, resolved."""
+        cfg = self._compose(space.fixed)
+        task = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True,
+                                      enum_to_str=True)
+        task.pop("head", None)
+        if isinstance(task.get("model"), dict):
+            task["model"].pop("head", None)
+        return json.loads(json.dumps(task, default=str))
 
     def _compose(self, overrides: Sequence[str], number: Optional[int] = None) -> DictConfig:
         extra = [] if number is None else [f"hydra.sweeper.trial={number}"]
