@@ -265,7 +265,8 @@ def optuna_plots(study: optuna.Study, out: Path, reference_point: Sequence[float
         if len(complete) >= 3 and params:
             try:
                 ax = optuna.visualization.matplotlib.plot_param_importances(
-                    study, evaluator=PedAnovaImportanceEvaluator(), target=lambda t: -t.values[0],  # it ranks low values
+                    # PED-ANOVA ranks what makes the target low: negate AUC
+                    study, evaluator=PedAnovaImportanceEvaluator(), target=lambda t: -t.values[0],
                     target_name="AUC")
             except (RuntimeError, ValueError, ZeroDivisionError) as error:
                 log.warning("parameter importances not drawn: %s", error)

@@ -65,12 +65,19 @@ AMP_MODES = ("auto", "bf16", "fp16", "fp32")
 def _check(conf: Any, prefix: str, positive_ints: Sequence[str] = (), non_negative_ints: Sequence[str] = (),
            non_negative: Sequence[str] = (), positive: Sequence[str] = ()) -> None:
     """Raises a ConfigError naming the first field outside its range."""
-    rules = [(positive_ints, lambda v: v >= 1, "an integer >= 1"), (non_negative_ints, lambda v: v >= 0, "an integer >= 0"),
+    rules = [(positive_ints, lambda v: v >= 1, "an integer >= 1"),
+             (non_negative_ints, lambda v: v >= 0, "an integer >= 0"),
              (non_negative, lambda v: v >= 0, "a number >= 0"), (positive, lambda v: v > 0, "a number > 0")]
     for names, ok, allowed in rules:
         for name in names:
             if not ok(getattr(conf, name)):
                 raise ConfigError(f"{prefix}.{name}={getattr(conf, name)!r} is not allowed: {allowed}")
+
+
+# the fields a training recipe shares between the trial (TrainerConf) and the baseline trunk (BaselineTrunkConf)
+_RECIPE_RULES = dict(positive_ints=("epochs", "pairs_per_epoch", "batch_size", "lr_step_epochs"),
+                     non_negative=("weight_decay", "grad_clip", "giou_weight", "l1_weight", "backbone_lr_scale"),
+                     positive=("lr",))
 
 
 @dataclass
@@ -94,9 +101,7 @@ class BaselineTrunkConf:
     seed: int = 42
 
     def __post_init__(self) -> None:
-        _check(self, "trainer.baseline_trunk", positive_ints=("epochs", "pairs_per_epoch", "batch_size", "lr_step_epochs"),
-               non_negative=("weight_decay", "grad_clip", "giou_weight", "l1_weight", "backbone_lr_scale"),
-               positive=("lr",))
+        _check(self, "trainer.baseline_trunk", **_RECIPE_RULES)
 
 
 @dataclass
@@ -147,10 +152,8 @@ class TrainerConf:
         for name in ("search_center_jitter", "search_scale_jitter"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 fail(name, "null (the data config's) or a number >= 0")
-        _check(self, "trainer", positive_ints=("epochs", "pairs_per_epoch", "batch_size", "lr_step_epochs"),
-               non_negative_ints=("num_workers", "head_feature_pairs", "report_every"),
-               non_negative=("weight_decay", "grad_clip", "giou_weight", "l1_weight", "backbone_lr_scale"),
-               positive=("lr",))
+        _check(self, "trainer", **_RECIPE_RULES)
+        _check(self, "trainer", non_negative_ints=("num_workers", "head_feature_pairs", "report_every"))
 
 
 @dataclass
