@@ -100,9 +100,35 @@ class RepVGGBlock(nn.Module):
         self.dense, self.pointwise, self.identity = None, None, None
 
 
+class FoldsNorms:
+    """For blocks whose convs are each followed by an optional BN: `reparameterize()` folds every BN into its
+    conv (the deploy form, same outputs), so deployed parameters and MACs count no BN. `conv_norms` names the
+    (conv, norm) attribute pairs."""
+
+    conv_norms: tuple[tuple[str, str], ...] = ()
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        for conv_name, norm_name in self.conv_norms:
+            conv, norm = getattr(self, conv_name), getattr(self, norm_name)
+            if isinstance(norm, nn.Identity):
+                continue
+            kernel, bias = _fuse_norm(conv.weight, norm)
+            if conv.bias is not None:
+                bias = bias + conv.bias * norm.weight / (norm.running_var + norm.eps).sqrt()
+            fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                              groups=conv.groups, bias=True).to(kernel)
+            fused.weight.copy_(kernel)
+            fused.bias.copy_(bias)
+            setattr(self, conv_name, fused)
+            setattr(self, norm_name, nn.Identity())
+
+
 @register_block("dsconv")
-class DepthwiseSeparableBlock(nn.Module):
+class DepthwiseSeparableBlock(FoldsNorms, nn.Module):
     """The user's block: depthwise kxk conv, activation, pointwise 1x1 conv, activation; optional BN after each conv."""
+
+    conv_norms = (("depthwise", "depthwise_norm"), ("pointwise", "pointwise_norm"))
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, activation: str = "relu6",
                  norm: bool = False):
@@ -121,8 +147,10 @@ class DepthwiseSeparableBlock(nn.Module):
 
 
 @register_block("mbconv")
-class InvertedResidualBlock(nn.Module):
+class InvertedResidualBlock(FoldsNorms, nn.Module):
     """MobileNetV2 inverted residual: 1x1 expand, depthwise kxk, linear 1x1 project; residual when shapes match."""
+
+    conv_norms = (("expand", "expand_norm"), ("depthwise", "depthwise_norm"), ("project", "project_norm"))
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, activation: str = "relu6",
                  expansion: int = 4, norm: bool = True):

@@ -61,6 +61,22 @@ def test_repvgg_reparameterisation_keeps_outputs(kernel):
     assert (before_maps - after_maps).abs().max() < 1e-4
 
 
+@torch.no_grad()
+@pytest.mark.parametrize("block", ["dsconv", "mbconv"])
+def test_normed_blocks_fold_their_bn_for_deployment(block):
+    head = CornerHead(16, 8, block=block, channels=[16, 24, 24], num_blocks=3, kernel_size=5, norm=True).eval()
+    _randomise_bn(head)
+    x = torch.randn(3, 16, 8, 8)
+    before = head(x)
+    reparameterize(head)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in head.modules())
+    assert (before - head(x)).abs().max() < 1e-4
+    # deployed, a BN head costs what the same head without BN (convs with biases) costs
+    plain = CornerHead(16, 8, block=block, channels=[16, 24, 24], num_blocks=3, kernel_size=5, norm=False)
+    assert count_params(head) == count_params(plain)
+    assert profile_head(head, 16, 8)["head_macs"] == profile_head(plain, 16, 8)["head_macs"]
+
+
 def test_soft_argmax_on_a_known_score_map():
     decode = SoftArgmax2d(feat_size=4, stride=16)
     scores = torch.full((1, 4, 4), -1e4)
