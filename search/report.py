@@ -367,6 +367,8 @@ def summary_markdown(frame: pd.DataFrame, table: pd.DataFrame, front: pd.DataFra
             "params_x_fewer", "auc_diff", "dominates_baseline", "within_seed_spread", "role"]
     shown = front[[c for c in cols if c in front]].copy()
     shown["head"] = shown["head"].map(_short_head)
+    if "role" in shown:
+        shown["role"] = shown["role"].fillna("")
     lines = ["# Sweep report", "", f"{len(frame)} trials: " + ", ".join(f"{v} {k.lower()}" for k, v in
                                                                           states.items()) + ".", ""]
     base = table[table["role"] == "baseline"]
