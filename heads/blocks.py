@@ -46,11 +46,13 @@ class ConvNorm(nn.Sequential):
         self.bn = norm_layer(out_channels)
 
 
-def _fuse_norm(kernel: torch.Tensor, bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """Folds an eval-mode BN (or FrozenBatchNorm2d) into the preceding conv's kernel and bias."""
+def _fuse_norm(kernel: torch.Tensor, bn: nn.Module,
+               bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Folds an eval-mode BN (or FrozenBatchNorm2d) into the preceding conv's kernel and (optional) bias."""
     std = (bn.running_var + bn.eps).sqrt()
     scale = bn.weight / std
-    return kernel * scale.reshape(-1, 1, 1, 1), bn.bias - bn.running_mean * scale
+    mean = bn.running_mean if bias is None else bn.running_mean - bias
+    return kernel * scale.reshape(-1, 1, 1, 1), bn.bias - mean * scale
 
 
 @register_block("repvgg")
@@ -113,9 +115,7 @@ class FoldsNorms:
             conv, norm = getattr(self, conv_name), getattr(self, norm_name)
             if isinstance(norm, nn.Identity):
                 continue
-            kernel, bias = _fuse_norm(conv.weight, norm)
-            if conv.bias is not None:
-                bias = bias + conv.bias * norm.weight / (norm.running_var + norm.eps).sqrt()
+            kernel, bias = _fuse_norm(conv.weight, norm, conv.bias)
             fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                               groups=conv.groups, bias=True).to(kernel)
             fused.weight.copy_(kernel)

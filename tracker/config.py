@@ -5,6 +5,7 @@ at start-up, so every app (and `compose()` in tests) sees them.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -16,9 +17,9 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 def runs_root() -> Path:
     """Where everything is written: runs/ beside conf/, or $LIGHTTRACK_RUNS."""
-    import os
-
     return Path(os.environ.get("LIGHTTRACK_RUNS", CONF_DIR.parent / "runs"))
+
+
 STRIDE = 16
 
 
@@ -74,17 +75,10 @@ def _check(conf: Any, prefix: str, positive_ints: Sequence[str] = (), non_negati
                 raise ConfigError(f"{prefix}.{name}={getattr(conf, name)!r} is not allowed: {allowed}")
 
 
-# the fields a training recipe shares between the trial (TrainerConf) and the baseline trunk (BaselineTrunkConf)
-_RECIPE_RULES = dict(positive_ints=("epochs", "pairs_per_epoch", "batch_size", "lr_step_epochs"),
-                     non_negative=("weight_decay", "grad_clip", "giou_weight", "l1_weight", "backbone_lr_scale"),
-                     positive=("lr",))
-
-
 @dataclass
-class BaselineTrunkConf:
-    """How the baseline trunk that head and finetune trials start from is trained when `trainer.trunk` is null.
-    A recipe of its own, so that sweeping the head trial's lr or batch size reuses one cached trunk; the crop
-    sizes, frozen BN, device and precision come from the trainer."""
+class TrainingRecipe:
+    """What a training run's schedule and optimiser are: shared by a trial (TrainerConf) and the baseline
+    trunk it may start from (BaselineTrunkConf). Defaults are STARK-Lightning's (SPEC.md)."""
 
     epochs: int = 500
     pairs_per_epoch: int = 60_000
@@ -100,12 +94,25 @@ class BaselineTrunkConf:
     freeze_stage0: bool = True
     seed: int = 42
 
+    _prefix = "trainer"  # how errors name the node (a class attribute, not a config field)
+
     def __post_init__(self) -> None:
-        _check(self, "trainer.baseline_trunk", **_RECIPE_RULES)
+        _check(self, self._prefix, positive_ints=("epochs", "pairs_per_epoch", "batch_size", "lr_step_epochs"),
+               non_negative=("weight_decay", "grad_clip", "giou_weight", "l1_weight", "backbone_lr_scale"),
+               positive=("lr",))
 
 
 @dataclass
-class TrainerConf:
+class BaselineTrunkConf(TrainingRecipe):
+    """How the baseline trunk that head and finetune trials start from is trained when `trainer.trunk` is null.
+    A recipe of its own, so that sweeping the head trial's lr or batch size reuses one cached trunk; the crop
+    sizes, jitter, frozen BN, device and precision come from the trainer."""
+
+    _prefix = "trainer.baseline_trunk"
+
+
+@dataclass
+class TrainerConf(TrainingRecipe):
     """How a trial trains: STARK-Lightning's recipe (SPEC.md) at the preset's scale."""
 
     fidelity: str = "full"  # full | finetune | head
@@ -117,21 +124,8 @@ class TrainerConf:
     search_size: int = 320
     search_center_jitter: Optional[float] = None  # null: the data config's (STARK: 4.5)
     search_scale_jitter: Optional[float] = None  # null: the data config's (STARK: 0.5)
-    epochs: int = 500
-    pairs_per_epoch: int = 60_000
-    batch_size: int = 16
     num_workers: int = 4
-    lr: float = 1e-4
-    backbone_lr_scale: float = 0.1
-    weight_decay: float = 1e-4
-    grad_clip: float = 0.1
-    lr_step_epochs: int = 400
-    lr_gamma: float = 0.1
-    giou_weight: float = 2.0
-    l1_weight: float = 5.0
-    freeze_stage0: bool = True
     frozen_bn: bool = True  # STARK freezes the (ImageNet-pretrained) backbone's BN; from scratch it must train
-    seed: int = 42
     deterministic: bool = False
     head_feature_pairs: int = 0  # head fidelity: cached trunk features for this many pairs (0: one epoch's worth)
     report_every: int = 1  # epochs between intermediate evaluations reported to a pruner (0: never)
@@ -152,7 +146,7 @@ class TrainerConf:
         for name in ("search_center_jitter", "search_scale_jitter"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 fail(name, "null (the data config's) or a number >= 0")
-        _check(self, "trainer", **_RECIPE_RULES)
+        super().__post_init__()
         _check(self, "trainer", non_negative_ints=("num_workers", "head_feature_pairs", "report_every"))
 
 

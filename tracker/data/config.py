@@ -214,9 +214,9 @@ def build_pair_loader(cfg: Any, split: str = "train", template_size: int | None 
                                           center_jitter=_given(center_jitter, p.search.center_jitter),
                                           scale_jitter=_given(scale_jitter, p.search.scale_jitter))),
         sampling=replace(s, pairs_per_epoch=pairs_per_epoch or s.pairs_per_epoch,
-                         seed=s.seed if seed is None else seed),
+                         seed=_given(seed, s.seed)),
         loader=replace(loader, batch_size=batch_size or loader.batch_size,
-                       num_workers=loader.num_workers if num_workers is None else num_workers))
+                       num_workers=_given(num_workers, loader.num_workers)))
     if split == "train":
         dataset = build_pair_dataset(data)
     else:
