@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
@@ -95,16 +96,78 @@ def _official_checkpoint(model: StarkLightning) -> dict:
             "epoch": 500}
 
 
-def test_official_names_follow_the_published_module_names():
-    names = official_names(StarkLightning(partial(CornerHead), template_size=32, search_size=64))
-    official = set(names.values())
-    for key in ["backbone.body.stage0.rbr_dense.conv.weight", "backbone.body.stage0.rbr_1x1.bn.running_var",
-                "backbone.body.stage3.3.rbr_identity.weight", "bottleneck.weight", "pos_emb_z0.row_embed.weight",
-                "pos_emb_x.col_embed.weight", "transformer.encoder.layers.0.self_attn.in_proj_weight",
-                "transformer.encoder.layers.0.self_attn.out_proj.bias", "transformer.encoder.layers.0.linear1.weight",
-                "transformer.encoder.layers.0.norm2.bias", "box_head.conv_tower.0.rbr_dense.conv.weight",
-                "box_head.conv_tower.1.rbr_identity.running_mean", "box_head.conv_tower.2.weight"]:
-        assert key in official, key
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _official_key_shapes() -> dict[str, tuple[int, ...]]:
+    """STARK-Lightning's real `net` keys and shapes, copied from researchmm/Stark's module layout."""
+    rows = [line.split() for line in (FIXTURES / "stark_lightning_x_trt_keys.txt").read_text().splitlines()
+            if line and not line.startswith("#")]
+    return {key: () if shape == "scalar" else tuple(int(d) for d in shape.split("x")) for key, shape in rows}
+
+
+def test_official_names_are_stark_lightnings_real_keys():
+    official = {k: v for k, v in _official_key_shapes().items() if not k.endswith("num_batches_tracked")}
+    model = StarkLightning(partial(CornerHead))
+    names = official_names(model)
+    assert set(names.values()) == set(official)
+    state = model.state_dict()
+    assert {theirs: tuple(state[ours].shape) for ours, theirs in names.items()} == official
+    assert not any(".layers.0." in key for key in names.values())  # STARK-S/ST's level, not Lightning's
+
+
+def test_checkpoint_with_the_official_key_list_loads_with_no_missing_or_unexpected_key(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    net = {key: (torch.tensor(7) if not shape else torch.rand(shape, generator=generator) + 0.5)
+           for key, shape in _official_key_shapes().items()}
+    path = tmp_path / "STARK_Lightning_X_trt_ep0500.pth.tar"
+    torch.save({"net": net, "epoch": 500}, path)
+    model = StarkLightning(partial(CornerHead))
+    load_official_checkpoint(model, path)  # raises on any missing, unexpected or mis-shaped key
+    assert torch.equal(model.encoder.self_attn.in_proj.weight, net["transformer.encoder.self_attn.in_proj_weight"])
+    assert torch.equal(model.encoder.norm2.bias, net["transformer.encoder.norm2.bias"])
+    assert torch.equal(model.search_pos.row_embed.weight, net["pos_emb_x.row_embed.weight"])
+    assert torch.equal(model.head.predictor.weight, net["box_head.conv_tower.2.weight"])
+
+
+class _StarkEncoderLayer(torch.nn.Module):
+    """The encoder layer as SPEC.md states it and STARK computes it: sequence-first tokens,
+    torch.nn.MultiheadAttention, q = search + pos, x = norm1(q + attn(q, k, v)), x = norm2(x + FFN(x))."""
+
+    def __init__(self, dim=128, heads=8, ffn=1024):
+        super().__init__()
+        self.self_attn = torch.nn.MultiheadAttention(dim, heads)
+        self.linear1, self.linear2 = torch.nn.Linear(dim, ffn), torch.nn.Linear(ffn, dim)
+        self.norm1, self.norm2 = torch.nn.LayerNorm(dim), torch.nn.LayerNorm(dim)
+
+    def forward(self, q, k, v, key_padding_mask):
+        x = self.norm1(q + self.self_attn(q, k, v, key_padding_mask=key_padding_mask)[0])
+        return self.norm2(x + self.linear2(torch.relu(self.linear1(x))))
+
+
+@torch.no_grad()
+def test_encoder_layer_matches_starks_formulas_with_multihead_attention():
+    torch.manual_seed(0)
+    ours = StarkLightning(partial(CornerHead)).encoder.eval()
+    for p in ours.parameters():
+        p.uniform_(-0.5, 0.5)
+    reference = _StarkEncoderLayer().eval()
+    reference.self_attn.in_proj_weight.copy_(ours.self_attn.in_proj.weight)
+    reference.self_attn.in_proj_bias.copy_(ours.self_attn.in_proj.bias)
+    reference.self_attn.out_proj.load_state_dict(ours.self_attn.out_proj.state_dict())
+    for name in ("linear1", "linear2", "norm1", "norm2"):
+        getattr(reference, name).load_state_dict(getattr(ours, name).state_dict())
+    batch, lz, lx = 3, 64, 400
+    search, search_pos = torch.randn(batch, lx, 128), torch.randn(batch, lx, 128)
+    template, template_pos = torch.randn(batch, lz, 128), torch.randn(batch, lz, 128)
+    mask = torch.zeros(batch, lz + lx, dtype=torch.bool)
+    mask[0, lz + 380:] = True  # padding at the search crop's border
+    mask[1, :10] = True  # and in the template
+    memory, memory_pos = torch.cat((template, search), 1), torch.cat((template_pos, search_pos), 1)
+    out = ours(search, search_pos, memory, memory_pos, mask)
+    seq = lambda t: t.transpose(0, 1)  # noqa: E731  STARK's tokens are (L, B, C)
+    expected = reference(seq(search + search_pos), seq(memory + memory_pos), seq(memory), mask).transpose(0, 1)
+    assert (out - expected).abs().max() < 1e-5
 
 
 def test_official_checkpoint_round_trip(tmp_path):

@@ -223,6 +223,13 @@ def test_rerunning_resumes_the_same_study(tmp_path):
     assert changed.returncode != 0
     assert "was run with another recipe: trainer.epochs: 2 then, 3 now" in changed.stderr
     assert len(load(tmp_path / "s").trials) == 5
+    # a study made by an older tracker model (its recipe has no model_version) is refused too, saying why
+    study = load(tmp_path / "s")
+    study.set_user_attr("recipe", {k: v for k, v in study.user_attrs["recipe"].items() if k != "model_version"})
+    old = sweep(tmp_path / "s", "hydra.sweeper.max_trials=7")
+    assert old.returncode != 0
+    assert "trained with tracker model version 1, this code builds version" in old.stderr
+    assert len(load(tmp_path / "s").trials) == 5
 
 
 def test_two_processes_share_one_study(tmp_path):

@@ -115,6 +115,19 @@ def test_head_fidelity_trains_only_the_head_on_the_cached_trunk(workspace, tmp_p
     assert len(list((workspace / "runs" / "trunks").glob("*/trunk.pt"))) == 2
 
 
+
+def test_a_new_model_version_rebuilds_the_trunk_and_its_features(workspace, tmp_path, monkeypatch):
+    import tracker.train
+
+    cfg = _cfg(workspace, "head=dsconv", "head.channels=16", "trainer.fidelity=head", "trainer.epochs=1")
+    Trial(cfg, tmp_path / "v1", progress=False).train()
+    count = lambda pattern: len(list((workspace / "runs").glob(pattern)))  # noqa: E731
+    trunks, features = count("trunks/*/trunk.pt"), count("features/train-*.pt")
+    monkeypatch.setattr(tracker.train, "MODEL_VERSION", tracker.train.MODEL_VERSION + 1)
+    Trial(cfg, tmp_path / "v2", progress=False).train()
+    assert (count("trunks/*/trunk.pt"), count("features/train-*.pt")) == (trunks + 1, features + 1)
+
+
 def test_finetune_from_an_explicit_trunk(workspace, tmp_path):
     base = run_trial(_cfg(workspace), tmp_path / "base", progress=False)
     trunk = tmp_path / "base" / "checkpoints" / "last.pt"

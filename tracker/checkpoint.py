@@ -23,8 +23,9 @@ _REPVGG_BRANCHES = {"dense": "rbr_dense", "pointwise": "rbr_1x1", "identity": "r
 _TOP_LEVEL = [
     (r"^backbone\.stage0\.0\.", "backbone.body.stage0."),
     (r"^backbone\.(?!body\.)", "backbone.body."),
-    (r"^encoder\.self_attn\.in_proj\.(weight|bias)$", r"transformer.encoder.layers.0.self_attn.in_proj_\1"),
-    (r"^encoder\.", "transformer.encoder.layers.0."),
+    # STARK-Lightning's TransformerEncoderLite holds its one layer directly (no `layers.0.`, unlike STARK-S/ST)
+    (r"^encoder\.self_attn\.in_proj\.(weight|bias)$", r"transformer.encoder.self_attn.in_proj_\1"),
+    (r"^encoder\.", "transformer.encoder."),
     (r"^template_pos\.", "pos_emb_z0."),
     (r"^search_pos\.", "pos_emb_x."),
     (r"^head\.blocks\.(\d+)\.", r"box_head.conv_tower.\1."),

@@ -34,7 +34,7 @@ from .checkpoint import load_checkpoint, load_trunk, save_checkpoint
 from .config import runs_root, validate
 from .io import atomic_path, atomic_write_text
 from .losses import box_loss
-from .model import TRUNK_PREFIXES, StarkLightning
+from .model import MODEL_VERSION, TRUNK_PREFIXES, StarkLightning
 
 log = logging.getLogger(__name__)
 
@@ -288,11 +288,11 @@ def trunk_digest(model: StarkLightning) -> str:
 @torch.no_grad()
 def cached_trunk_features(trial: Trial, model: StarkLightning, trunk: str, split: str, pairs: int) -> TensorDataset:
     """Trunk outputs (the head's input) and target corners for a fixed set of pairs, computed once and kept
-    under runs/features/, keyed by the trunk weights' digest, the data, the crops (sizes, jitter), the pair count
-    and the seed."""
+    under runs/features/, keyed by the trunk weights' digest, the data, the crops (sizes, jitter), the pair count,
+    the seed and the model version."""
     t = trial.t
     key = config_key(trial.cfg.data, trunk, split, pairs, t.template_size, t.search_size, t.seed,
-                     t.search_center_jitter, t.search_scale_jitter)
+                     t.search_center_jitter, t.search_scale_jitter, MODEL_VERSION)
     path = runs_root() / "features" / f"{split}-{key}.pt"
     if path.is_file():
         features, target = torch.load(path, weights_only=True)
@@ -324,7 +324,7 @@ def ensure_baseline_trunk(cfg: DictConfig, progress: bool = True) -> Path:
     t, recipe = trunk_cfg.trainer, trunk_cfg.trainer.baseline_trunk
     t.update({**OmegaConf.to_container(recipe), "fidelity": "full", "trunk": None})
     key = config_key(trunk_cfg.model, trunk_cfg.head, trunk_cfg.data, recipe,  # model: crop sizes, frozen BN
-                     {k: t[k] for k in ("search_center_jitter", "search_scale_jitter")})
+                     {k: t[k] for k in ("search_center_jitter", "search_scale_jitter")}, MODEL_VERSION)
     directory = runs_root() / "trunks" / key
     final = directory / "trunk.pt"
     directory.mkdir(parents=True, exist_ok=True)

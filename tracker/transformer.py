@@ -32,7 +32,8 @@ class CrossAttention(nn.Module):
 
 class LiteEncoderLayer(nn.Module):
     """Post-norm encoder layer. Query: search features + pos; key: template and search features + pos;
-    value: the same features without pos. Only the search tokens come out."""
+    value: the same features without pos. The first residual adds the query, position included, as STARK's
+    `TransformerEncoderLayerLite` does. Only the search tokens come out."""
 
     def __init__(self, dim: int = 128, num_heads: int = 8, ffn_dim: int = 1024, dropout: float = 0.1):
         super().__init__()
@@ -46,8 +47,9 @@ class LiteEncoderLayer(nn.Module):
         self.dropout2 = nn.Dropout(dropout)
 
     def forward(self, search, search_pos, memory, memory_pos, memory_mask=None):
-        attn = self.self_attn(search + search_pos, memory + memory_pos, memory, memory_mask)
-        x = self.norm1(search + self.dropout1(attn))
+        query = search + search_pos
+        attn = self.self_attn(query, memory + memory_pos, memory, memory_mask)
+        x = self.norm1(query + self.dropout1(attn))
         ffn = self.linear2(self.dropout(F.relu(self.linear1(x))))
         return self.norm2(x + self.dropout2(ffn))
 

@@ -31,6 +31,7 @@ from search.space import Space, build_space, format_value, merge_overrides
 from search.study import (fail_orphans, forget, local_lock, open_storage, owner_attrs, remember,
                           storage_location)
 from tracker.io import atomic_write_text
+from tracker.model import MODEL_VERSION
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -180,8 +181,11 @@ class SweeperImpl:
             study.set_user_attr("recipe", recipe)
         elif "recipe" in study.user_attrs and study.user_attrs["recipe"] != recipe:
             changed = _differences(study.user_attrs["recipe"], recipe)
+            old_version = study.user_attrs["recipe"].get("model_version", 1)
             raise SweepConfigError(
                 f"study {self.study_name!r} in {self.location} was run with another recipe: "
+                + (f"its trials were trained with tracker model version {old_version}, this code builds version "
+                   f"{MODEL_VERSION} (see tracker/model.py); " if old_version != MODEL_VERSION else "")
                 + "; ".join(f"{k}: {a!r} then, {b!r} now" for k, a, b in changed[:5])
                 + (f" (and {len(changed) - 5} more)" if len(changed) > 5 else "")
                 + ". Its trials would not compare with new ones: set hydra.sweeper.study_name=<new name> "
@@ -201,13 +205,15 @@ class SweeperImpl:
         return study
 
     def _recipe(self, space: Space) -> dict:
-        """Everything a trial inherits but the searched head: data, model, trainer, evaluation, resolved."""
+        """Everything a trial inherits but the searched head: data, model (and its code version), trainer,
+        evaluation, resolved."""
         cfg = self._compose(space.fixed)
         task = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True,
                                       enum_to_str=True)
         task.pop("head", None)
         if isinstance(task.get("model"), dict):
             task["model"].pop("head", None)
+        task["model_version"] = MODEL_VERSION
         return json.loads(json.dumps(task, default=str))
 
     def _compose(self, overrides: Sequence[str], number: Optional[int] = None) -> DictConfig:
