@@ -210,17 +210,6 @@ def test_loader_lists_missing_and_unexpected_keys(tmp_path):
         load_official_checkpoint(model, path)
 
 
-def test_loader_refuses_pickled_objects(tmp_path):
-    path = tmp_path / "pickled.pth.tar"
-    torch.save({"net": {}, "settings": _Settings()}, path)
-    with pytest.raises(CheckpointError, match="weights_only"):
-        load_official_checkpoint(StarkLightning(partial(CornerHead), template_size=32, search_size=64), path)
-
-
-class _Settings:
-    pass
-
-
 def test_own_checkpoint_trunk_round_trip(tmp_path):
     source = StarkLightning(partial(CornerHead), template_size=32, search_size=64)
     path = save_checkpoint(tmp_path / "ckpt" / "last.pt", model=source.state_dict(), step=3)
@@ -236,7 +225,7 @@ def test_own_checkpoint_trunk_round_trip(tmp_path):
     ("dsconv", {"head_params": 14_466, "head_params_deploy": 14_466, "head_macs": 5_657_600}),
 ])
 def test_profile_cli_prints_spec_figures(head, expected):
-    out = subprocess.run([sys.executable, "-m", "heads.profile", f"head={head}", "output=json", "latency.repeats=3",
+    out = subprocess.run([sys.executable, "-m", "tracker.profile", f"head={head}", "output=json", "latency.repeats=3",
                           "latency.warmup=1", "device=cpu"], cwd=ROOT, capture_output=True, text=True, check=True)
     profile = json.loads(out.stdout.strip().splitlines()[-1])
     assert {k: profile[k] for k in expected} == expected

@@ -3,11 +3,22 @@
 The official file (`STARK_Lightning_X_trt_ep0500.pth.tar`) keeps its state dict under `net` with module
 names `backbone.body.stage0..3`, `bottleneck`, `pos_emb_x`, `pos_emb_z0`, `transformer`,
 `box_head.conv_tower`; `official_names` maps each of our state-dict keys to its name there.
+
+That file also pickles STARK's trainer objects (`settings`, `stats`: classes from STARK's package `lib`), so
+`torch.load(weights_only=True)` refuses it. Such a file is read by a restricted unpickler instead: `lib.*` classes
+become inert stand-ins, a short list of data types is allowed, any other global is refused before anything runs,
+and only `net` is kept. Our own checkpoints (a dict with `model`) must load with weights_only=True.
 """
 from __future__ import annotations
 
+import _compat_pickle
+import importlib
+import logging
 import os
+import pickle
 import re
+import types
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +41,9 @@ _TOP_LEVEL = [
     (r"^search_pos\.", "pos_emb_x."),
     (r"^head\.blocks\.(\d+)\.", r"box_head.conv_tower.\1."),
 ]
+
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
@@ -56,35 +70,151 @@ def official_names(model: StarkLightning) -> dict[str, str]:
     return names
 
 
-def _torch_load(path: str | os.PathLike) -> Any:
+class StarkStandIn:
+    """In place of a class from STARK's package `lib`, which is not installed: keeps what the pickle gives it
+    (constructor arguments, BUILD state, items) as data and runs nothing. State attributes read through."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> StarkStandIn:
+        obj = super().__new__(cls)
+        obj._stark_args, obj._stark_state, obj._stark_items = (args, kwargs), None, []
+        return obj
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        self._stark_state = state  # kept whole, not merged into __dict__: it cannot shadow these methods
+
+    def __getattr__(self, name: str) -> Any:
+        state = self.__dict__.get("_stark_state")
+        if isinstance(state, dict) and name in state and not name.startswith("__"):  # no protocol hooks
+            return state[name]
+        raise AttributeError(name)
+
+    def __setitem__(self, key: Any, value: Any) -> None:  # SETITEMS, for a dict subclass
+        self._stark_items.append((key, value))
+
+    def append(self, item: Any) -> None:  # APPENDS, for a list subclass
+        self._stark_items.append(item)
+
+    def extend(self, items: Any) -> None:
+        self._stark_items.extend(items)
+
+    def __repr__(self) -> str:
+        return f"<stand-in for {type(self).__module__}.{type(self).__qualname__}>"
+
+
+_STAND_INS: dict[tuple[str, str], type] = {}
+_REBUILDS = ("_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_parameter",
+             "_rebuild_parameter_with_state")
+_ALLOWED = {("torch._utils", name) for name in _REBUILDS} | {
+    ("torch", "device"), ("torch", "Size"), ("collections", "OrderedDict"), ("_codecs", "encode"),
+    ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "slice"), ("builtins", "complex")}
+# numpy scalars and arrays are data (a dtype, a shape and bytes; an object array's items are unpickled through
+# this find_class too); STARK's stats may hold numpy floats. numpy 2 moved numpy.core to numpy._core.
+_NUMPY = {("numpy", "dtype"), ("numpy", "ndarray")} | {
+    (core, name) for core in ("numpy.core.multiarray", "numpy._core.multiarray") for name in ("scalar", "_reconstruct")}
+
+
+class _Refused(Exception):
+    pass
+
+
+def _stand_in(module: str, name: str) -> type:
+    key = (module, name)
+    if key not in _STAND_INS:
+        _STAND_INS[key] = type(name, (StarkStandIn,), {"__module__": module, "__qualname__": name})
+    return _STAND_INS[key]
+
+
+def _numpy_global(name: str) -> Any:
+    import numpy as np
+    if name in ("dtype", "ndarray"):
+        return getattr(np, name)
+    core = "numpy._core" if int(np.__version__.split(".")[0]) >= 2 else "numpy.core"
+    return getattr(importlib.import_module(f"{core}.multiarray"), name)
+
+
+class _StarkUnpickler(pickle.Unpickler):
+    """Resolves only the globals a STARK trainer file needs. torch.load subclasses this class and resolves
+    `*Storage` names itself (zip and legacy formats alike) before calling this find_class for every other name."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        # protocol 2 writes Python 2 names (`__builtin__`); map them back as pickle itself would
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+        if module == "lib" or module.startswith("lib."):
+            return _stand_in(module, name)
+        if (module, name) in _NUMPY:
+            return _numpy_global(name)
+        if (module, name) in _ALLOWED or (module == "torch" and isinstance(vars(torch).get(name), torch.dtype)):
+            return super().find_class(module, name)
+        raise _Refused(f"{module}.{name}")
+
+
+# torch.load's pickle_module: it needs Unpickler, load (legacy format's headers) and __name__
+_STARK_PICKLE = types.ModuleType("stark_pickle", _StarkUnpickler.__doc__)
+_STARK_PICKLE.Unpickler = _StarkUnpickler
+_STARK_PICKLE.load = lambda file, **kwargs: _StarkUnpickler(file, **kwargs).load()
+
+
+def _load_stark(path: Path, weights_only_error: Exception) -> dict[str, Any]:
+    """The official trainer file: restricted unpickling, then only `net` is kept."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_STARK_PICKLE)
+    except _Refused as exc:
+        raise CheckpointError(f"checkpoint {str(path)!r} refused: it pickles the global {exc}, which may run "
+                              "code; only tensors, plain data and STARK's own classes (as stand-ins) load") from None
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {str(path)!r} could not be loaded ({weights_only_error}; {exc})") from exc
+    if not isinstance(ckpt, dict) or "net" not in ckpt:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} could not be loaded with weights_only=True ({weights_only_error}); it holds "
+            "objects that are not tensors and is not STARK's trainer layout (a dict with 'net').")
+    log.info("%s: STARK trainer checkpoint (epoch %s, net_type %s); keeping 'net', ignoring %s",
+             path, ckpt.get("epoch"), ckpt.get("net_type"), [k for k in ckpt if k != "net"])
+    return {"net": ckpt["net"]}
+
+
+def read_checkpoint(path: str | os.PathLike) -> Any:
+    """Either layout: ours as saved, the official one as {'net': state dict}. weights_only=True first; the
+    restricted unpickler only for what that refuses, and only a file with 'net' passes it."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors differ across torch versions
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} could not be loaded with weights_only=True ({exc}); it holds objects that "
-            "are not tensors. Re-save only its state dict (torch.save({'net': ckpt['net']}, out)) in a "
-            "trusted environment.") from exc
+        ckpt = _load_stark(path, exc)
+    if isinstance(ckpt, dict) and "net" in ckpt:
+        net = ckpt["net"]
+        if not isinstance(net, Mapping):
+            raise CheckpointError(f"checkpoint {str(path)!r}: 'net' is a {type(net).__name__}, not a state dict")
+        for key, value in net.items():
+            if not (isinstance(key, str) and isinstance(value, torch.Tensor)):
+                raise CheckpointError(f"checkpoint {str(path)!r}: 'net' entry {key!r} is a "
+                                      f"{type(value).__name__}, not a tensor")
+    return ckpt
 
 
-def load_official_checkpoint(model: StarkLightning, path: str | os.PathLike, include_head: bool = True) -> None:
+def load_official_checkpoint(model: StarkLightning, path: str | os.PathLike, include_head: bool = True,
+                             state: dict[str, Any] | None = None) -> None:
     """Loads the official STARK-Lightning weights into `model`.
 
     With `include_head=False` only the trunk (backbone, bottleneck, positions, encoder) is loaded and the
     official head's keys are ignored: the way to put a new head on the official trunk.
-    Any missing, unexpected or mis-shaped key raises a CheckpointError that lists them."""
-    ckpt = _torch_load(path)
+    Any missing, unexpected or mis-shaped key raises a CheckpointError that lists them. `state`: what
+    read_checkpoint(path) returned, when the caller has it already."""
+    ckpt = read_checkpoint(path) if state is None else state
     if not isinstance(ckpt, dict) or "net" not in ckpt:
         keys = list(ckpt)[:10] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path}: expected the official layout with a state dict under 'net'; found {keys}")
-    state = {k: v for k, v in ckpt["net"].items() if not k.endswith("num_batches_tracked")}
+    net = {k: v for k, v in ckpt["net"].items() if not k.endswith("num_batches_tracked")}
     names = official_names(model)
     if not include_head:
         names = {ours: theirs for ours, theirs in names.items() if ours.startswith(TRUNK_PREFIXES)}
-        state = {k: v for k, v in state.items() if not k.startswith("box_head.")}
-    _load_mapped(model, state, names, str(path))
+        net = {k: v for k, v in net.items() if not k.startswith("box_head.")}
+    _load_mapped(model, net, names, str(path))
 
 
 def _load_mapped(model: nn.Module, state: dict[str, torch.Tensor], names: dict[str, str], source: str) -> None:
@@ -111,7 +241,10 @@ def save_checkpoint(path: str | os.PathLike, **payload: Any) -> Path:
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Loads one of this project's checkpoints (a dict with at least `model`, a state dict)."""
-    ckpt = _torch_load(path)
+    return _own(read_checkpoint(path), path)
+
+
+def _own(ckpt: Any, path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise CheckpointError(f"{path}: not a LightTrack checkpoint (no 'model' state dict); for the official "
                               "STARK-Lightning file use load_official_checkpoint")
@@ -120,11 +253,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 def load_trunk(model: StarkLightning, path: str | os.PathLike) -> None:
     """Loads only the trunk (backbone, bottleneck, positions, encoder) from our checkpoint or the official one."""
-    ckpt = _torch_load(path)
+    ckpt = read_checkpoint(path)
     if isinstance(ckpt, dict) and "net" in ckpt:
-        load_official_checkpoint(model, path, include_head=False)
+        load_official_checkpoint(model, path, include_head=False, state=ckpt)
         return
-    state = load_checkpoint(path)["model"]
+    state = _own(ckpt, path)["model"]
     trunk = {k: v for k, v in state.items() if k.startswith(TRUNK_PREFIXES)}
     names = {k: k for k in model.state_dict() if k.startswith(TRUNK_PREFIXES) and not k.endswith("num_batches_tracked")}
     _load_mapped(model, {k: v for k, v in trunk.items() if not k.endswith("num_batches_tracked")}, names, str(path))
