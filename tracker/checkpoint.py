@@ -241,10 +241,11 @@ def save_checkpoint(path: str | os.PathLike, **payload: Any) -> Path:
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Loads one of this project's checkpoints (a dict with at least `model`, a state dict)."""
-    return _own(read_checkpoint(path), path)
+    return own_checkpoint(read_checkpoint(path), path)
 
 
-def _own(ckpt: Any, path: str | os.PathLike) -> dict[str, Any]:
+def own_checkpoint(ckpt: Any, path: str | os.PathLike) -> dict[str, Any]:
+    """`ckpt` (what read_checkpoint returned) if it is one of ours, else a CheckpointError."""
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise CheckpointError(f"{path}: not a LightTrack checkpoint (no 'model' state dict); for the official "
                               "STARK-Lightning file use load_official_checkpoint")
@@ -257,7 +258,7 @@ def load_trunk(model: StarkLightning, path: str | os.PathLike) -> None:
     if isinstance(ckpt, dict) and "net" in ckpt:
         load_official_checkpoint(model, path, include_head=False, state=ckpt)
         return
-    state = _own(ckpt, path)["model"]
+    state = own_checkpoint(ckpt, path)["model"]
     trunk = {k: v for k, v in state.items() if k.startswith(TRUNK_PREFIXES)}
     names = {k: k for k in model.state_dict() if k.startswith(TRUNK_PREFIXES) and not k.endswith("num_batches_tracked")}
     _load_mapped(model, {k: v for k, v in trunk.items() if not k.endswith("num_batches_tracked")}, names, str(path))

@@ -154,13 +154,33 @@ def evaluate_model(model: StarkLightning, cfg: DictConfig, out_dir: str | Path, 
     return result
 
 
+def baseline_model_config() -> DictConfig:
+    """STARK-Lightning with its own head at 128/320 (the schema defaults): the model the official file holds."""
+    from heads.spec import HeadSpec
+
+    from .config import ModelConf
+
+    return OmegaConf.create({"model": OmegaConf.structured(ModelConf), "head": OmegaConf.structured(HeadSpec)})
+
+
 def load_model(checkpoint: str | Path) -> tuple[StarkLightning, DictConfig]:
-    """Rebuilds a trained model from one of this project's checkpoints (its config travels inside)."""
+    """Rebuilds a trained model and the config it was built from: from one of this project's checkpoints (its
+    config travels inside) or from STARK-Lightning's official file, which carries no config of ours, so the
+    baseline model config is used (and logged)."""
     from hydra.utils import instantiate
 
-    from .checkpoint import load_checkpoint
+    from .checkpoint import load_official_checkpoint, own_checkpoint, read_checkpoint
 
-    state = load_checkpoint(checkpoint)
+    state = read_checkpoint(checkpoint)
+    if isinstance(state, dict) and "net" in state:
+        cfg = baseline_model_config()
+        model = instantiate(cfg.model)
+        load_official_checkpoint(model, checkpoint, state=state)
+        log.info("%s is STARK-Lightning's official checkpoint: it carries no config of ours, so the baseline "
+                 "model config is used (RepVGG head, template %d / search %d)", checkpoint,
+                 cfg.model.template_size, cfg.model.search_size)
+        return model, cfg
+    state = own_checkpoint(state, checkpoint)
     cfg = OmegaConf.create(state["config"])
     model = instantiate(cfg.model)
     model.load_state_dict(state["model"])
@@ -170,14 +190,15 @@ def load_model(checkpoint: str | Path) -> tuple[StarkLightning, DictConfig]:
 def _main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from heads.profile import resolve_device
+    from .profile import resolve_device
 
     from .config import validate
 
     validate(cfg)
     if not cfg.checkpoint:
         raise ValueError("checkpoint=PATH is required: a checkpoint written by tracker.train "
-                         "(runs/train/<run>/checkpoints/last.pt)")
+                         "(runs/train/<run>/checkpoints/last.pt) or STARK-Lightning's official "
+                         "STARK_Lightning_X_trt_ep0500.pth.tar")
     device = resolve_device(cfg.device)
     model, _ = load_model(cfg.checkpoint)
     out_dir = Path(cfg.output_dir or HydraConfig.get().runtime.output_dir)

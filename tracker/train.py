@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision.ops import box_convert, box_iou
 from tqdm.auto import tqdm
 
-from heads.profile import profile_model, resolve_device
+from .profile import profile_model, resolve_device
 
 from .checkpoint import load_checkpoint, load_trunk, save_checkpoint
 from .config import runs_root, validate
