@@ -22,7 +22,8 @@ from tracker.checkpoint import save_checkpoint
 from tracker.config import ConfigError, compose
 from tracker.export import (SEARCH_INPUTS, SEARCH_OUTPUTS, TEMPLATE_INPUTS, TEMPLATE_OUTPUTS, OnnxTracker,
                             _main, example_inputs, export_onnx)
-from tracker.model import MODEL_VERSION, StarkLightning
+from tracker.model import StarkLightning
+from tracker.version import MODEL_VERSION
 
 from conftest import ROOT
 

@@ -37,7 +37,8 @@ from heads.profile import deploy_copy, median_latency_ms
 
 from .config import ConfigError
 from .io import atomic_path, atomic_write_text
-from .model import MODEL_VERSION, StarkLightning, TemplateMemory
+from .model import StarkLightning, TemplateMemory
+from .version import MODEL_VERSION
 
 log = logging.getLogger(__name__)
 

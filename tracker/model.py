@@ -13,11 +13,6 @@ from .transformer import LearnedPositionEmbedding, LiteEncoderLayer
 
 TRUNK_PREFIXES = ("backbone.", "bottleneck.", "template_pos.", "search_pos.", "encoder.")
 
-# What the same weights compute. Part of every trunk and feature-cache key and of a study's stored recipe, so
-# that nothing made by an older model is reused. Bump it with any change to the model's arithmetic.
-# 1: first release. 2: the encoder's first residual adds the query with its position, as STARK does.
-MODEL_VERSION = 2
-
 
 class TemplateMemory(NamedTuple):
     """Template tokens computed once per sequence and reused for every frame."""

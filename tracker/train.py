@@ -34,7 +34,8 @@ from .checkpoint import load_checkpoint, load_trunk, save_checkpoint
 from .config import runs_root, validate
 from .io import atomic_path, atomic_write_text
 from .losses import box_loss
-from .model import MODEL_VERSION, TRUNK_PREFIXES, StarkLightning
+from .model import TRUNK_PREFIXES, StarkLightning
+from .version import MODEL_VERSION
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from search.space import Space, build_space, format_value, merge_overrides
 from search.study import (fail_orphans, forget, local_lock, open_storage, owner_attrs, remember,
                           storage_location)
 from tracker.io import atomic_write_text
-from tracker.model import MODEL_VERSION
+from tracker.version import MODEL_VERSION
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -185,7 +185,7 @@ class SweeperImpl:
             raise SweepConfigError(
                 f"study {self.study_name!r} in {self.location} was run with another recipe: "
                 + (f"its trials were trained with tracker model version {old_version}, this code builds version "
-                   f"{MODEL_VERSION} (see tracker/model.py); " if old_version != MODEL_VERSION else "")
+                   f"{MODEL_VERSION} (see tracker/version.py); " if old_version != MODEL_VERSION else "")
                 + "; ".join(f"{k}: {a!r} then, {b!r} now" for k, a, b in changed[:5])
                 + (f" (and {len(changed) - 5} more)" if len(changed) > 5 else "")
                 + ". Its trials would not compare with new ones: set hydra.sweeper.study_name=<new name> "
