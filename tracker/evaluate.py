@@ -7,7 +7,6 @@ forever) is scored beside every model so each report shows the trivial floor.
 """
 from __future__ import annotations
 
-import copy
 import math
 import json
 import logging
@@ -20,9 +19,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from heads import reparameterize
 
 from .data.processing import PairProcessing, crop_image, crop_region
+from .deploy import DeployedTracker
 from .io import atomic_write_text
 from .model import StarkLightning
 
@@ -48,13 +47,14 @@ def clip_box(box: np.ndarray, height: int, width: int, margin: int = 10) -> np.n
 
 class StarkTracker:
     """STARK-Lightning's inference: template cached once, search crop around the previous box, the
-    prediction mapped back to the image and clipped with a margin. No window, no smoothing."""
+    prediction mapped back to the image and clipped with a margin. No window, no smoothing. The network runs
+    as a `DeployedTracker` (a reparameterised copy computed for speed; the same boxes as `model`)."""
 
     name = "model"
 
     def __init__(self, model: StarkLightning, device: torch.device, template_factor: float = 2.0,
                  search_factor: float = 5.0, margin: int = 10):
-        self.model = reparameterize(copy.deepcopy(model).eval()).to(device)
+        self.model = DeployedTracker(model, device)
         self.device, self.margin = device, margin
         self.template_factor, self.search_factor = template_factor, search_factor
         self.processing = PairProcessing()
