@@ -224,11 +224,19 @@ def test_own_checkpoint_trunk_round_trip(tmp_path):
                 "model_params_deploy": 2_151_202}),
     ("dsconv", {"head_params": 14_466, "head_params_deploy": 14_466, "head_macs": 5_657_600}),
 ])
-def test_profile_cli_prints_spec_figures(head, expected):
+def test_profile_cli_prints_spec_figures(head, expected, tmp_path):
     out = subprocess.run([sys.executable, "-m", "tracker.profile", f"head={head}", "output=json", "latency.repeats=3",
-                          "latency.warmup=1", "device=cpu"], cwd=ROOT, capture_output=True, text=True, check=True)
+                          "latency.warmup=1", "device=cpu", f"hydra.run.dir={tmp_path}"], cwd=ROOT,
+                         capture_output=True, text=True, check=True)
     profile = json.loads(out.stdout.strip().splitlines()[-1])
     assert {k: profile[k] for k in expected} == expected
     assert 1.40e9 < profile["model_macs"] < 1.60e9
     assert "aten::scaled_dot_product_attention" not in profile["unsupported_ops"]
     assert profile["head_latency_ms"] > 0 and profile["model_latency_ms"] > 0
+
+
+def test_a_trunk_from_other_crop_sizes_is_refused_with_the_sizes_to_set(tmp_path):
+    path = tmp_path / "official.pth.tar"
+    torch.save(_official_checkpoint(StarkLightning(partial(CornerHead), template_size=32, search_size=64)), path)
+    with pytest.raises(CheckpointError, match=r"set trainer.template_size=32 trainer.search_size=64"):
+        load_trunk(StarkLightning(partial(CornerHead), template_size=64, search_size=128), path)

@@ -41,6 +41,8 @@ def workspace(tmp_path_factory):
 
 def _run(module: str, *args: str, workspace) -> dict:
     env = {**os.environ, "LIGHTTRACK_RUNS": str(workspace / "runs")}
+    if not any(a.startswith("hydra.run.dir=") for a in args):
+        args = (*args, f"hydra.run.dir={workspace / 'hydra' / module}")
     out = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     return {"json": json.loads(out.stdout.strip().splitlines()[-1]), "log": out.stdout + out.stderr}

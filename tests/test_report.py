@@ -132,7 +132,8 @@ def test_report_reads_a_plain_grid(tmp_path):
                            f"data.cache_dir={tmp_path / 'data'}", f"hydra.sweep.dir={tmp_path / 'grid'}"],
                           cwd=ROOT, capture_output=True, text=True, env=env)
     assert grid.returncode == 0, grid.stderr[-2000:]
-    out = subprocess.run([sys.executable, "-m", "search.report", f"multirun={tmp_path / 'grid'}"],
+    out = subprocess.run([sys.executable, "-m", "search.report", f"multirun={tmp_path / 'grid'}",
+                          f"hydra.run.dir={tmp_path / 'report_run'}"],
                          cwd=ROOT, capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])

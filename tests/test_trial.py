@@ -169,7 +169,8 @@ def test_evaluate_cli_rebuilds_the_model_from_its_checkpoint(workspace, tmp_path
     assert cfg.head.block == "repvgg" and model.search_size == 64
     out = subprocess.run(
         [sys.executable, "-m", "tracker.evaluate", f"checkpoint={ckpt}", f"data.cache_dir={workspace / 'data'}",
-         *TINY_DATA, f"output_dir={tmp_path / 'eval'}", "progress=false", "device=cpu"],
+         *TINY_DATA, f"output_dir={tmp_path / 'eval'}", "progress=false", "device=cpu",
+         f"hydra.run.dir={tmp_path}"],
         cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     metrics = json.loads(out.stdout.strip().splitlines()[-1])

@@ -227,8 +227,23 @@ def _load_mapped(model: nn.Module, state: dict[str, torch.Tensor], names: dict[s
         parts = [f"{len(missing)} missing: {missing}" if missing else "",
                  f"{len(unexpected)} unexpected: {unexpected}" if unexpected else "",
                  f"{len(shapes)} with other shapes: {shapes}" if shapes else ""]
-        raise CheckpointError(f"{source} does not fit the model; " + "; ".join(p for p in parts if p))
+        raise CheckpointError(f"{source} does not fit the model; " + "; ".join(p for p in parts if p)
+                              + _size_hint(model, state, names))
     model.load_state_dict({key: state[theirs] for key, theirs in names.items()}, strict=False)
+
+
+def _size_hint(model: nn.Module, state: dict[str, torch.Tensor], names: dict[str, str]) -> str:
+    """Position tables of another size mean the checkpoint was trained at other crop sizes: say which."""
+    sizes = {}
+    for ours, crop in (("template_pos.row_embed.weight", "template_size"), ("search_pos.row_embed.weight",
+                                                                             "search_size")):
+        theirs = names.get(ours)
+        if theirs in state and hasattr(model, "stride"):
+            sizes[crop] = state[theirs].shape[0] * model.stride
+    if not sizes or all(getattr(model, crop, None) == size for crop, size in sizes.items()):
+        return ""
+    wanted = " ".join(f"trainer.{crop}={size}" for crop, size in sizes.items())
+    return f". The checkpoint was trained at {wanted.replace('trainer.', '')}: set {wanted} (or model.*)"
 
 
 def save_checkpoint(path: str | os.PathLike, **payload: Any) -> Path:

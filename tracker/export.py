@@ -174,6 +174,9 @@ class OnnxTracker:
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # idle workers sleep instead of spinning (~0.2 s after each run): between frames the tracker's own Python
+        # (cropping, mapping boxes back) needs those cores
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.providers = _providers(providers)
         self.sessions = {name: ort.InferenceSession(str(path), options, providers=self.providers)
                          for name, path in paths.items()}
