@@ -5,12 +5,14 @@ Every block maps (B, in_channels, H, W) -> (B, out_channels, H, W) at stride 1 (
 """
 from __future__ import annotations
 
+import copy
 import inspect
 from typing import Callable
 
 import torch
 from torch import nn
 import torch.nn.functional as F
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from .activations import make_activation, plain
 
@@ -27,14 +29,27 @@ def register_block(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
     return add
 
 
-def build_block(name: str, in_channels: int, out_channels: int, **options) -> nn.Module:
-    """Builds a registered block, passing only the options its constructor takes."""
+def block_options(name: str) -> frozenset[str] | None:
+    """The options a registered block type's constructor takes besides its two widths (None: any, it takes
+    **kwargs). What a head spec may set for that block type (`heads.spec.check_head_options`)."""
     name = plain(name)
     if name not in BLOCKS:
         raise ValueError(f"block={name!r} is not registered; choose one of {sorted(BLOCKS)}")
-    cls = BLOCKS[name]
-    accepted = inspect.signature(cls.__init__).parameters
-    return cls(in_channels, out_channels, **{k: v for k, v in options.items() if k in accepted})
+    parameters = list(inspect.signature(BLOCKS[name].__init__).parameters.values())[3:]  # self, in, out
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return None
+    return frozenset(p.name for p in parameters if p.kind is not p.VAR_POSITIONAL)
+
+
+def build_block(name: str, in_channels: int, out_channels: int, **options) -> nn.Module:
+    """Builds a registered block; an option its constructor does not take is an error, never dropped."""
+    name = plain(name)
+    takes = block_options(name)
+    extra = {k: v for k, v in options.items() if takes is not None and k not in takes}
+    if extra:
+        given = ", ".join(f"{k}={v!r}" for k, v in extra.items())
+        raise ValueError(f"block {name!r} does not take {given}; it takes: {', '.join(sorted(takes)) or 'nothing'}")
+    return BLOCKS[name](in_channels, out_channels, **options)
 
 
 class ConvNorm(nn.Sequential):
@@ -46,13 +61,15 @@ class ConvNorm(nn.Sequential):
         self.bn = norm_layer(out_channels)
 
 
-def _fuse_norm(kernel: torch.Tensor, bn: nn.Module,
+def _fold_norm(kernel: torch.Tensor, norm: nn.Module,
                bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Folds an eval-mode BN (or FrozenBatchNorm2d) into the preceding conv's kernel and (optional) bias."""
-    std = (bn.running_var + bn.eps).sqrt()
-    scale = bn.weight / std
-    mean = bn.running_mean if bias is None else bn.running_mean - bias
-    return kernel * scale.reshape(-1, 1, 1, 1), bn.bias - mean * scale
+    """A conv kernel (and optional bias) with the BN (or FrozenBatchNorm2d) after it folded in, by torch's
+    `fuse_conv_bn_weights` on the running statistics: what `fuse_conv_bn_eval` computes, without its
+    eval-mode assertion (reparameterising never depended on the mode) and for kernels no conv holds (RepVGG's
+    padded 1x1 and identity branches)."""
+    kernel, bias = fuse_conv_bn_weights(kernel, bias, norm.running_mean, norm.running_var, norm.eps,
+                                        norm.weight, norm.bias)
+    return kernel.detach(), bias.detach()
 
 
 @register_block("repvgg")
@@ -86,14 +103,14 @@ class RepVGGBlock(nn.Module):
         if self.fused is not None:
             return
         k = self.kernel_size
-        kernel, bias = _fuse_norm(self.dense.conv.weight, self.dense.bn)
-        k1, b1 = _fuse_norm(self.pointwise.conv.weight, self.pointwise.bn)
-        kernel = kernel + F.pad(k1, [k // 2] * 4)
+        kernel, bias = _fold_norm(self.dense.conv.weight, self.dense.bn)
+        k1, b1 = _fold_norm(self.pointwise.conv.weight, self.pointwise.bn)
+        kernel = kernel + F.pad(k1, [k // 2] * 4)  # the 1x1 branch as a kxk kernel: zero but at the centre
         bias = bias + b1
-        if self.identity is not None:
+        if self.identity is not None:  # the identity as a kxk conv: one-hot at the centre, channel i -> i
             eye = torch.zeros_like(kernel)
             eye[torch.arange(self.in_channels), torch.arange(self.in_channels), k // 2, k // 2] = 1.0
-            ki, bi = _fuse_norm(eye, self.identity)
+            ki, bi = _fold_norm(eye, self.identity)
             kernel, bias = kernel + ki, bias + bi
         self.fused = nn.Conv2d(self.in_channels, self.out_channels, k, self.stride, k // 2, bias=True)
         self.fused.to(kernel)
@@ -115,11 +132,8 @@ class FoldsNorms:
             conv, norm = getattr(self, conv_name), getattr(self, norm_name)
             if isinstance(norm, nn.Identity):
                 continue
-            kernel, bias = _fuse_norm(conv.weight, norm, conv.bias)
-            fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                              groups=conv.groups, bias=True).to(kernel)
-            fused.weight.copy_(kernel)
-            fused.bias.copy_(bias)
+            fused = copy.deepcopy(conv)  # same geometry (stride, padding, groups, ...), now with a bias
+            fused.weight, fused.bias = (nn.Parameter(t) for t in _fold_norm(conv.weight, norm, conv.bias))
             setattr(self, conv_name, fused)
             setattr(self, norm_name, nn.Identity())
 
@@ -175,8 +189,9 @@ class InvertedResidualBlock(FoldsNorms, nn.Module):
 
 
 def reparameterize(model: nn.Module) -> nn.Module:
-    """Turns every reparameterisable block of `model` into its deploy form, in place; returns `model`."""
+    """Turns every reparameterisable block of `model` (`model` itself included) into its deploy form, in place;
+    returns `model`."""
     for module in list(model.modules()):
-        if module is not model and hasattr(module, "reparameterize") and callable(module.reparameterize):
+        if callable(getattr(module, "reparameterize", None)):
             module.reparameterize()
     return model

@@ -6,8 +6,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .activations import plain
 from .blocks import build_block
-from .spec import check_head_options
+from .spec import BLOCK_OPTION_DEFAULTS as DEFAULTS, block_kwargs, check_head_options
 
 
 class SoftArgmax2d(nn.Module):
@@ -35,17 +36,20 @@ class CornerHead(nn.Module):
     """
 
     def __init__(self, in_channels: int, feat_size: int, stride: int = 16, *, block: Any = "repvgg",
-                 num_blocks: int = 2, channels: Any = 128, activation: Any = "relu", kernel_size: int = 3,
-                 final_kernel_size: int = 3, expansion: int = 4, norm: bool = True):
+                 num_blocks: int = 2, channels: Any = 128, activation: Any = DEFAULTS["activation"],
+                 kernel_size: int = DEFAULTS["kernel_size"], final_kernel_size: int = 3,
+                 expansion: int = DEFAULTS["expansion"], norm: bool = DEFAULTS["norm"]):
         super().__init__()
         widths = check_head_options(block=block, num_blocks=num_blocks, channels=channels, activation=activation,
                                     kernel_size=kernel_size, final_kernel_size=final_kernel_size,
-                                    expansion=expansion)
+                                    expansion=expansion, norm=norm)
+        # the options this block type takes; the others were checked to hold their defaults
+        options = block_kwargs(plain(block), {"kernel_size": kernel_size, "activation": activation,
+                                              "expansion": expansion, "norm": norm})
         self.feat_size, self.stride = feat_size, stride
         blocks, width = [], in_channels
         for out in widths:
-            blocks.append(build_block(block, width, out, kernel_size=kernel_size, activation=activation,
-                                      expansion=expansion, norm=norm))
+            blocks.append(build_block(block, width, out, **options))
             width = out
         self.blocks = nn.Sequential(*blocks)
         self.predictor = nn.Conv2d(width, 2, final_kernel_size, padding=final_kernel_size // 2)
