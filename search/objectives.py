@@ -5,9 +5,21 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from numbers import Real
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Optional, Sequence
 
 DIRECTIONS = ("maximize", "minimize")
+
+# The figures a tracker.train trial returns (tracker.train.run_trial, search.sweep.run) that can be objectives:
+# tracking scores (tracker.metrics.METRICS and the static-box tracker's), speed, the profile (heads.profile and
+# tracker.profile) and training time. A name outside this list would train every trial and then fail each.
+METRIC_NAMES = (
+    "auc", "op50", "op75", "precision", "norm_precision", "ao", "sr50", "sr75",
+    "static_auc", "static_precision", "static_ao",
+    "fps", "model_fps",
+    "head_params", "head_params_deploy", "head_macs", "head_latency_ms",
+    "model_params_deploy", "model_macs", "backbone_macs", "template_macs", "model_latency_ms",
+    "train_seconds", "final_train_loss", "seconds",
+)
 
 
 class ObjectiveError(ValueError):
@@ -20,8 +32,15 @@ class Objective:
     direction: str
 
 
-def parse_objectives(entries: Sequence[Any], field: str = "hydra.sweeper.objectives") -> list[Objective]:
-    """`[{name: auc, direction: maximize}, ...]` -> objectives; a bad entry names the field, value and rule."""
+# what a study optimises unless configured otherwise (hydra.sweeper.objectives), and what a plain grid is read with
+DEFAULT_OBJECTIVES = (Objective("auc", "maximize"), Objective("head_macs", "minimize"),
+                      Objective("head_params_deploy", "minimize"))
+
+
+def parse_objectives(entries: Sequence[Any], field: str = "hydra.sweeper.objectives",
+                     known: Optional[Collection[str]] = METRIC_NAMES) -> list[Objective]:
+    """`[{name: auc, direction: maximize}, ...]` -> objectives; a bad entry names the field, value and rule.
+    `known`: the names allowed (None: any, for reading back what a study stored)."""
     if not entries:
         raise ValueError(f"{field}=[] is not allowed: at least one {{name, direction}}")
     objectives = []
@@ -31,11 +50,22 @@ def parse_objectives(entries: Sequence[Any], field: str = "hydra.sweeper.objecti
         name, direction = str(entry["name"]), str(entry["direction"]).lower()
         if direction not in DIRECTIONS:
             raise ValueError(f"{field}[{i}].direction={entry['direction']!r} is not allowed: one of {DIRECTIONS}")
+        if known is not None and name not in known:
+            import difflib
+
+            close = difflib.get_close_matches(name, known, n=1)
+            raise ValueError(f"{field}[{i}].name={name!r} is not allowed: a figure the trial returns, one of "
+                             f"{', '.join(known)}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         objectives.append(Objective(name, direction))
     names = [o.name for o in objectives]
     if len(set(names)) != len(names):
         raise ValueError(f"{field} names {names} are not allowed: each objective once")
     return objectives
+
+
+def objective_entries(objectives: Sequence[Objective]) -> list[dict[str, str]]:
+    """The inverse of parse_objectives: what the config holds and the study stores."""
+    return [{"name": o.name, "direction": o.direction} for o in objectives]
 
 
 def _number(name: str, value: Any) -> float:

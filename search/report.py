@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -24,14 +25,13 @@ import pandas as pd
 import yaml
 from omegaconf import OmegaConf
 
+from search.objectives import DEFAULT_OBJECTIVES, Objective
+from search.record import Role, head_key, study_objectives, trial_row
 from tracker.io import atomic_write_text as atomic_write
 
 log = logging.getLogger(__name__)
 
-# what the report compares: (column, direction)
-OBJECTIVES = (("auc", "maximize"), ("head_macs", "minimize"), ("head_params_deploy", "minimize"))
-HEAD_FIELDS = ("block", "num_blocks", "channels", "activation", "kernel_size", "final_kernel_size", "expansion",
-               "norm")
+# a grid has no roles: its references are found by these head options
 BASELINE_HEAD = {"block": "repvgg", "num_blocks": 2, "channels": 128, "activation": "relu", "kernel_size": 3,
                  "final_kernel_size": 3}
 USER_HEAD = {"block": "dsconv", "num_blocks": 2, "channels": 64, "activation": "relu6", "kernel_size": 3,
@@ -47,17 +47,10 @@ def study_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per trial: state, parameters (`param_*`), metrics, cost, head, run dir, reasons."""
     rows = []
     for t in study.get_trials(deepcopy=False):
-        attrs = t.user_attrs
-        row: dict[str, Any] = {"trial": t.number, "state": t.state.name, "role": attrs.get("role"),
-                               "duration_s": attrs.get("duration_s"), "run_dir": attrs.get("run_dir"),
-                               "duplicate_of": attrs.get("duplicate_of"),
-                               "reason": attrs.get("fail_reason") or attrs.get("prune_reason") or attrs.get("note")}
-        row.update({f"param_{k}": v for k, v in t.params.items()})
-        row.update(attrs.get("cost") or {})
-        row.update(attrs.get("metrics") or {})
-        head = attrs.get("head") or _run_head(attrs.get("run_dir"))
+        row = trial_row(t)
+        head = row.pop("head", None) or _run_head(row["run_dir"])
         if head:
-            row["head"] = json.dumps({k: head.get(k) for k in HEAD_FIELDS if k in head}, sort_keys=True)
+            row["head"] = head_key(head)
         rows.append(row)
     frame = pd.DataFrame(rows)
     if frame.empty:
@@ -94,17 +87,21 @@ def grid_frame(multirun: str | os.PathLike) -> pd.DataFrame:
             row["reason"] = error.read_text().strip().splitlines()[-1] if error.is_file() else "no metrics.json"
         head = _run_head(str(job))
         if head:
-            row["head"] = json.dumps({k: head.get(k) for k in HEAD_FIELDS if k in head}, sort_keys=True)
+            row["head"] = head_key(head)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def frame_to_study(frame: pd.DataFrame, name: str = "grid") -> optuna.Study:
+def frame_to_study(frame: pd.DataFrame, name: str = "grid",
+                   objectives: Sequence[Objective] = DEFAULT_OBJECTIVES) -> optuna.Study:
     """An in-memory study of a grid's completed runs, so that Optuna's plots and importances apply."""
-    study = optuna.create_study(study_name=name, directions=[d for _, d in OBJECTIVES])
+    study = optuna.create_study(study_name=name, directions=[o.direction for o in objectives])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([o.name for o in objectives])
     params = [c for c in frame.columns if c.startswith("param_")]
     for _, row in frame[frame.state == "COMPLETE"].iterrows():
-        values = [float(row[c]) for c, _ in OBJECTIVES]
+        values = [float(row[o.name]) for o in objectives]
         choices = {p[6:]: optuna.distributions.CategoricalDistribution(sorted(frame[p].dropna().astype(str).unique()))
                    for p in params if isinstance(row[p], str)}
         study.add_trial(optuna.trial.create_trial(
@@ -113,18 +110,23 @@ def frame_to_study(frame: pd.DataFrame, name: str = "grid") -> optuna.Study:
 
 
 # ------------------------------------------------------------------------------------------------ analysis
-def architectures(frame: pd.DataFrame) -> pd.DataFrame:
-    """Completed trials grouped by head architecture: mean and spread of the metrics over seeds."""
+def architectures(frame: pd.DataFrame, objectives: Sequence[Objective] = DEFAULT_OBJECTIVES) -> pd.DataFrame:
+    """Completed trials grouped by head architecture (the whole head spec): mean and spread of the metrics
+    over seeds. The table keeps `objectives` (table.attrs) for pareto_mask and compare_to_baseline."""
     done = frame[(frame.state == "COMPLETE") & frame.get("auc", pd.Series(dtype=float)).notna()].copy()
     if done.empty:
         raise ReportError("no completed trial with an AUC to report")
+    missing = [o.name for o in objectives if o.name not in done]
+    if missing:
+        raise ReportError(f"the completed trials record no {missing}, which the study optimises")
     if "head" not in done:
         done["head"] = done["trial"].astype(str)
     done["head"] = done["head"].fillna(done["trial"].astype(str))
     if "duplicate_of" in done:  # a duplicate repeats its original's figures: count each run once
         done = done[done["duplicate_of"].isna()]
-    numeric = [c for c in ("auc", "op50", "precision", "ao", "head_macs", "head_params", "head_params_deploy",
-                           "model_macs", "head_latency_ms", "model_latency_ms", "fps") if c in done]
+    shown = ("auc", "op50", "precision", "ao", "head_macs", "head_params", "head_params_deploy", "model_macs",
+             "head_latency_ms", "model_latency_ms", "fps")
+    numeric = [c for c in dict.fromkeys([*shown, *(o.name for o in objectives)]) if c in done]
     grouped = done.groupby("head", sort=False)
     table = grouped[numeric].mean()
     table["auc_std"] = grouped["auc"].std(ddof=1) if len(done) > 1 else np.nan
@@ -132,7 +134,8 @@ def architectures(frame: pd.DataFrame) -> pd.DataFrame:
     table["trials"] = grouped["trial"].apply(lambda s: ",".join(map(str, s)))
     table["role"] = grouped["role"].apply(lambda s: next((r for r in s if isinstance(r, str)), None))
     table = table.reset_index()
-    for role, reference in (("baseline", BASELINE_HEAD), ("user_head", USER_HEAD)):
+    table.attrs["objectives"] = list(objectives)
+    for role, reference in ((Role.BASELINE, BASELINE_HEAD), (Role.USER_HEAD, USER_HEAD)):
         if not (table["role"] == role).any():  # a grid has no roles: find the reference by its config
             match = table["head"].map(lambda h: _matches(h, reference))
             table.loc[match & table["role"].isna(), "role"] = role
@@ -147,18 +150,31 @@ def _matches(head_json: str, reference: dict) -> bool:
     return all(head.get(k) == v for k, v in reference.items())
 
 
-def pareto_mask(table: pd.DataFrame, objectives: Sequence[tuple[str, str]] = OBJECTIVES) -> np.ndarray:
-    """True for rows no other row dominates (at least as good in every objective, better in one)."""
-    signs = np.array([-1.0 if d == "maximize" else 1.0 for _, d in objectives])
-    points = table[[c for c, _ in objectives]].to_numpy(dtype=float) * signs
-    better_eq = (points[:, None, :] <= points[None, :, :]).all(-1)
-    strictly = (points[:, None, :] < points[None, :, :]).any(-1)
-    dominated = (better_eq & strictly).any(0)
-    return ~dominated
+def _objectives(table: pd.DataFrame, objectives: Optional[Sequence[Objective]]) -> list[Objective]:
+    """The objectives given, else those architectures() kept on the table, else the default."""
+    return list(objectives or table.attrs.get("objectives") or DEFAULT_OBJECTIVES)
 
 
-def compare_to_baseline(table: pd.DataFrame) -> pd.DataFrame:
-    base = table[table["role"] == "baseline"]
+def _minimised(frame: pd.DataFrame, objectives: Sequence[Objective]) -> np.ndarray:
+    """The objective columns as an array in which lower is better."""
+    signs = np.array([-1.0 if o.direction == "maximize" else 1.0 for o in objectives])
+    return frame[[o.name for o in objectives]].to_numpy(dtype=float) * signs
+
+
+def _dominates(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a[i] dominates b[j] (at least as good in every objective, better in one), for every pair: (len a, len b)."""
+    return (a[:, None, :] <= b[None, :, :]).all(-1) & (a[:, None, :] < b[None, :, :]).any(-1)
+
+
+def pareto_mask(table: pd.DataFrame, objectives: Optional[Sequence[Objective]] = None) -> np.ndarray:
+    """True for rows no other row dominates, on the study's objectives (see _objectives)."""
+    points = _minimised(table, _objectives(table, objectives))
+    return ~_dominates(points, points).any(0)
+
+
+def compare_to_baseline(table: pd.DataFrame, objectives: Optional[Sequence[Objective]] = None) -> pd.DataFrame:
+    """Cost ratios and AUC difference to the baseline; `dominates_baseline` on the study's objectives."""
+    base = table[table["role"] == Role.BASELINE]
     if base.empty:
         log.warning("no baseline (head=repvgg) in the sweep: ratios are left empty")
         for col in ("macs_x_fewer", "params_x_fewer", "auc_diff", "dominates_baseline", "within_seed_spread"):
@@ -168,14 +184,11 @@ def compare_to_baseline(table: pd.DataFrame) -> pd.DataFrame:
     table["macs_x_fewer"] = b["head_macs"] / table["head_macs"]
     table["params_x_fewer"] = b["head_params_deploy"] / table["head_params_deploy"]
     table["auc_diff"] = table["auc"] - b["auc"]
-    no_worse = (table["auc"] >= b["auc"]) & (table["head_macs"] <= b["head_macs"]) & (
-        table["head_params_deploy"] <= b["head_params_deploy"])
-    better = (table["auc"] > b["auc"]) | (table["head_macs"] < b["head_macs"]) | (
-        table["head_params_deploy"] < b["head_params_deploy"])
-    table["dominates_baseline"] = no_worse & better
+    objectives = _objectives(table, objectives)
+    table["dominates_baseline"] = _dominates(_minimised(table, objectives), _minimised(base.iloc[:1], objectives))[:, 0]
     spread = np.sqrt(table["auc_std"].fillna(0) ** 2 + (0 if math.isnan(b["auc_std"]) else b["auc_std"]) ** 2)
     within = np.where(spread > 0, table["auc_diff"].abs() <= spread, np.nan)
-    table["within_seed_spread"] = np.where(table["role"] == "baseline", np.nan, within)
+    table["within_seed_spread"] = np.where(table["role"] == Role.BASELINE, np.nan, within)
     return table
 
 
@@ -220,8 +233,8 @@ def plot_front(table: pd.DataFrame, cost: str, path: Path, title: str, floor: Op
     ax.errorbar(front[cost], front["auc"], yerr=err, fmt="o", c="tab:blue", ms=5, label="Pareto-optimal")
     best = front["auc"].cummax()  # the front as a step: best AUC at or below each cost
     ax.step(front[cost], best, where="post", c="tab:blue", lw=1)
-    for role, marker, colour, label in (("baseline", "s", "tab:red", "RepVGG baseline"),
-                                        ("user_head", "D", "tab:green", "user's DSConv head")):
+    for role, marker, colour, label in ((Role.BASELINE, "s", "tab:red", "RepVGG baseline"),
+                                        (Role.USER_HEAD, "D", "tab:green", "user's DSConv head")):
         rows = table[table["role"] == role]
         if not rows.empty:
             ax.scatter(rows[cost], rows["auc"], marker=marker, s=80, facecolors="none", edgecolors=colour,
@@ -239,43 +252,61 @@ def plot_front(table: pd.DataFrame, cost: str, path: Path, title: str, floor: Op
     return path
 
 
-def optuna_plots(study: optuna.Study, out: Path, reference_point: Sequence[float]) -> dict[str, str]:
-    """Hypervolume by trial and parameter importances for AUC, drawn by Optuna."""
-    import warnings
+def reference_point(study: optuna.Study) -> list[float]:
+    """A point worse than every completed trial in each objective, for the hypervolume: 0 for a maximised
+    figure (or below its lowest value), 1.1 x the largest value of a minimised one."""
+    values = np.array([t.values for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))])
+    point = []
+    for column, direction in zip(values.T, study.directions):
+        if direction == optuna.study.StudyDirection.MAXIMIZE:
+            point.append(min(0.0, float(column.min()) * (1.1 if column.min() < 0 else 0.9)))
+        else:
+            point.append(max(0.0, float(column.max()) * (1.1 if column.max() > 0 else 0.9)))
+    return point
 
+
+def _save(ax: Any, path: Path, written: dict[str, str]) -> None:
+    import matplotlib.pyplot as plt
+
+    ax.figure.set_size_inches(6.4, 4.0)
+    ax.figure.tight_layout()
+    ax.figure.savefig(path, dpi=130)
+    plt.close(ax.figure)
+    written[path.stem] = str(path)
+
+
+def optuna_plots(study: optuna.Study, out: Path, reference: Optional[Sequence[float]] = None) -> dict[str, str]:
+    """Hypervolume by trial (several objectives; `reference`: default reference_point) and parameter
+    importances for the study's first objective, drawn by Optuna."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from optuna.importance import PedAnovaImportanceEvaluator
 
-    written = {}
+    written: dict[str, str] = {}
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    first = study_objectives(study)[0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")  # target is negated
         if len(study.directions) > 1 and complete:
-            ax = optuna.visualization.matplotlib.plot_hypervolume_history(study, reference_point)
-            ax.figure.set_size_inches(6.4, 4.0)
-            ax.figure.tight_layout()
-            ax.figure.savefig(out / "hypervolume.png", dpi=130)
-            plt.close(ax.figure)
-            written["hypervolume"] = str(out / "hypervolume.png")
+            if reference is None or len(reference) != len(study.directions):
+                reference = reference_point(study)
+            _save(optuna.visualization.matplotlib.plot_hypervolume_history(study, reference),
+                  out / "hypervolume.png", written)
         params = {k for t in complete for k in t.params}
         if len(complete) >= 3 and params:
+            # PED-ANOVA ranks what makes the target low: several objectives need a target, a maximised one negated;
+            # one objective is read with the study's direction
+            sign = -1.0 if first.direction == "maximize" else 1.0
+            target = (lambda t: sign * t.values[0]) if len(study.directions) > 1 else None
             try:
                 ax = optuna.visualization.matplotlib.plot_param_importances(
-                    # PED-ANOVA ranks what makes the target low: negate AUC
-                    study, evaluator=PedAnovaImportanceEvaluator(), target=lambda t: -t.values[0],
-                    target_name="AUC")
+                    study, evaluator=PedAnovaImportanceEvaluator(), target=target, target_name=first.name)
             except (RuntimeError, ValueError, ZeroDivisionError) as error:
                 log.warning("parameter importances not drawn: %s", error)
             else:
-                ax.figure.set_size_inches(6.4, 4.0)
-                ax.figure.tight_layout()
-                ax.figure.savefig(out / "importances.png", dpi=130)
-                plt.close(ax.figure)
-                written["importances"] = str(out / "importances.png")
+                _save(ax, out / "importances.png", written)
     return written
 
 
@@ -311,6 +342,7 @@ class ReportConf:
 
 
 def load_frame(conf: ReportConf, runs_root: Path) -> tuple[pd.DataFrame, optuna.Study, Path]:
+    """The trials' rows, the study (a grid's in memory, on the default objectives) and the output folder."""
     if conf.multirun:
         frame = grid_frame(conf.multirun)
         return frame, frame_to_study(frame), Path(conf.out_dir or Path(conf.multirun) / "report")
@@ -334,9 +366,13 @@ def build_report(conf: ReportConf, runs_root: Path) -> dict[str, Any]:
     if conf.rule not in ("budget", "knee"):
         raise ReportError(f"rule={conf.rule!r} is not allowed: budget or knee")
     frame, study, out = load_frame(conf, runs_root)
+    try:
+        objectives = study_objectives(study)
+    except ValueError as e:
+        raise ReportError(str(e)) from None
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "trials.csv", frame.to_csv(index=False))
-    table = architectures(frame)
+    table = architectures(frame, objectives)
     table["pareto"] = pareto_mask(table)
     table = compare_to_baseline(table)
     front = table[table["pareto"]].sort_values("head_macs")
@@ -349,10 +385,8 @@ def build_report(conf: ReportConf, runs_root: Path) -> dict[str, Any]:
                                            floor)),
              "auc_vs_params": str(plot_front(table, "head_params_deploy", out / "auc_vs_params.png",
                                              "AUC against head parameters", floor))}
-    if not conf.multirun or len(study.trials):
-        reference = [0.0, float(table["head_macs"].max()) * 1.1, float(table["head_params_deploy"].max()) * 1.1]
-        if len(study.directions) == len(reference):
-            plots.update(optuna_plots(study, out, reference))
+    if len(study.trials):
+        plots.update(optuna_plots(study, out))
     summary = summary_markdown(frame, table, front, best, conf)
     atomic_write(out / "summary.md", summary)
     return {"out_dir": str(out), "trials": len(frame), "complete": int((frame.state == "COMPLETE").sum()),
@@ -371,7 +405,7 @@ def summary_markdown(frame: pd.DataFrame, table: pd.DataFrame, front: pd.DataFra
         shown["role"] = shown["role"].fillna("")
     lines = ["# Sweep report", "", f"{len(frame)} trials: " + ", ".join(f"{v} {k.lower()}" for k, v in
                                                                           states.items()) + ".", ""]
-    base = table[table["role"] == "baseline"]
+    base = table[table["role"] == Role.BASELINE]
     if not base.empty:
         b = base.iloc[0]
         lines += [f"Baseline (RepVGG head): AUC {b['auc']:.2f}, {b['head_macs']:,.0f} head MACs, "
@@ -379,7 +413,8 @@ def summary_markdown(frame: pd.DataFrame, table: pd.DataFrame, front: pd.DataFra
     if "static_auc" in frame and frame["static_auc"].notna().any():
         lines += [f"Static-box tracker (the first box forever) on the same sequences: AUC "
                   f"{frame['static_auc'].median():.2f}; a head below it does not track.", ""]
-    lines += ["## Pareto-optimal architectures (AUC up, head MACs and parameters down)", "",
+    aims = ", ".join(f"{o.name} {'up' if o.direction == 'maximize' else 'down'}" for o in _objectives(table, None))
+    lines += [f"## Pareto-optimal architectures ({aims})", "",
               shown.to_markdown(index=False, floatfmt=".3g"), ""]
     spread = front.get("within_seed_spread")
     if spread is not None and spread.notna().any():
@@ -405,7 +440,11 @@ def _short_head(head_json: str) -> str:
     text += f" f{h.get('final_kernel_size')}"
     if h.get("block") == "mbconv":
         text += f" e{h.get('expansion')}"
-    return text
+    if "norm" in h:
+        text += " bn" if h["norm"] else " no-bn"
+    # any other option tells architectures apart too: shown as it is
+    shown = {"block", "num_blocks", "channels", "activation", "kernel_size", "final_kernel_size", "expansion", "norm"}
+    return text + "".join(f" {k}={v}" for k, v in sorted(h.items()) if k not in shown and not k.startswith("_"))
 
 
 def _main(cfg) -> None:

@@ -17,7 +17,14 @@ from typing import Any, Callable, Iterator, Optional
 import optuna
 from optuna.trial import TrialState
 
+from .record import TrialAttr
+
 _LIVE: dict[str, Any] = {}
+
+# what a job reports to its trial each epoch (tracker.train's on_epoch_end stats), and the trainer.fidelity
+# values at which those stats hold it: at full and finetune fidelity an epoch has no validation pass
+INTERMEDIATE_KEY = "val_iou"
+INTERMEDIATE_FIDELITIES = ("head",)
 
 
 def is_url(storage: str) -> bool:
@@ -31,14 +38,27 @@ def storage_location(storage: Optional[str], sweep_dir: str | os.PathLike) -> st
     return storage if is_url(storage) else str(Path(storage).expanduser().resolve())
 
 
-def open_storage(location: str) -> Any:
-    if is_url(location):
-        return optuna.storages.get_storage(location)
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
+class StorageError(ValueError):
+    """A storage that cannot be opened (a bad URL, an unreachable database, an unwritable file); one line
+    that says why, in place of the database driver's traceback."""
 
-    Path(location).parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(location))
+
+def open_storage(location: str) -> Any:
+    """The storage at a URL or the journal file at a path (created with its folder); StorageError if it
+    cannot be opened or written."""
+    try:
+        if is_url(location):
+            return optuna.storages.get_storage(location)
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        Path(location).parent.mkdir(parents=True, exist_ok=True)
+        if Path(location).exists() and not os.access(location, os.W_OK):
+            raise PermissionError(f"{location} is not writable")
+        return JournalStorage(JournalFileBackend(location))
+    except Exception as e:  # SQLAlchemy, a database driver or the file system: many kinds, one meaning
+        text = str(e).strip().splitlines()
+        raise StorageError(f"{type(e).__name__}: {text[0] if text else 'no message'}") from None
 
 
 @contextlib.contextmanager
@@ -77,7 +97,7 @@ def trial_id(storage: Any, study_name: str, number: int) -> int:
 
 
 def owner_attrs() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid()}
+    return {TrialAttr.HOST: socket.gethostname(), TrialAttr.PID: os.getpid()}
 
 
 def _alive(pid: int) -> bool:
@@ -94,9 +114,9 @@ def fail_orphans(study: optuna.Study, storage: Any) -> list[int]:
     """RUNNING trials whose sweep process (on this host) is gone are failed with that reason."""
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        pid, host = t.user_attrs.get("pid"), t.user_attrs.get("host")
+        pid, host = t.user_attrs.get(TrialAttr.PID), t.user_attrs.get(TrialAttr.HOST)
         if host == socket.gethostname() and isinstance(pid, int) and pid != os.getpid() and not _alive(pid):
-            storage.set_trial_user_attr(trial_id(storage, study.study_name, t.number), "fail_reason",
+            storage.set_trial_user_attr(trial_id(storage, study.study_name, t.number), TrialAttr.FAIL_REASON,
                                         f"its sweep process (pid {pid}) died while it ran")
             study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
             failed.append(t.number)
@@ -123,7 +143,7 @@ def current_trial() -> Optional[optuna.Trial]:
     return optuna.Trial(study, trial_id(storage, study.study_name, int(number)))
 
 
-def epoch_reporter(key: str = "val_iou") -> Optional[Callable[[int, dict], None]]:
+def epoch_reporter(key: str = INTERMEDIATE_KEY) -> Optional[Callable[[int, dict], None]]:
     """An `on_epoch_end(epoch, stats)` callback that reports `stats[key]` to the job's trial and raises
     optuna.TrialPruned when the study's pruner says so; None when there is nothing to report to."""
     trial = current_trial()

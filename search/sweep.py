@@ -17,7 +17,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from .study import epoch_reporter
+from .study import INTERMEDIATE_KEY, epoch_reporter
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -26,7 +26,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from tracker.train import run_trial
 
     start = time.perf_counter()
-    result = run_trial(cfg, HydraConfig.get().runtime.output_dir, on_epoch_end=epoch_reporter("val_iou"),
+    result = run_trial(cfg, HydraConfig.get().runtime.output_dir, on_epoch_end=epoch_reporter(INTERMEDIATE_KEY),
                        progress=False)
     result.setdefault("seconds", time.perf_counter() - start)
     return result

@@ -4,7 +4,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import optuna
@@ -29,16 +31,24 @@ TRIALS = [
     (None, ["head=mbconv"], 30.0, 20_000_000, 60_000),  # dominated by the user's head
     (None, ["head=dsconv", "head.channels=32"], 35.0, 3_000_000, 8_000),
 ]
+DEFAULT = [("auc", "maximize"), ("head_macs", "minimize"), ("head_params_deploy", "minimize")]
 
 
-def _fake_study(tmp_path: Path, seeds: int = 1) -> str:
-    """A study laid out as the sweeper writes it: objectives, roles, metrics, cost, head, run dirs."""
+def _fake_study(tmp_path: Path, seeds: int = 1, objectives: Optional[list] = None, trials: list = TRIALS) -> str:
+    """A study laid out as the sweeper writes it: objectives, roles, metrics, cost, head, run dirs (the attribute
+    names spelled out: they are what studies on disk hold). `objectives`: [(name, direction), ...] stored as the
+    sweeper stores them; None: a study that names none (read with the default ones)."""
     storage = open_storage(str(tmp_path / "runs" / "sweeps" / "fake" / "journal.log"))
     study = optuna.create_study(study_name="fake", storage=storage,
-                                directions=["maximize", "minimize", "minimize"])
+                                directions=[d for _, d in objectives or DEFAULT])
+    if objectives:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([n for n, _ in objectives])
+        study.set_user_attr("objectives", [{"name": n, "direction": d} for n, d in objectives])
     rng = np.random.default_rng(0)
     number = 0
-    for role, overrides, auc, macs, params in TRIALS:
+    for role, overrides, auc, macs, params in trials:
         for seed in range(seeds):
             cfg = compose("train", [*overrides, *TINY, f"trainer.seed={seed}"])
             run_dir = tmp_path / "runs" / "sweeps" / "fake" / "trials" / str(number)
@@ -49,12 +59,12 @@ def _fake_study(tmp_path: Path, seeds: int = 1) -> str:
             (run_dir / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": choices}}}))
             value = auc + (rng.normal(0, 0.5) if seeds > 1 else 0.0)
             head = OmegaConf.to_container(cfg.head, resolve=True, enum_to_str=True)
+            metrics = {"auc": value, "precision": value + 5, "head_macs": macs, "head_params_deploy": params,
+                       "head_params": params}
             study.add_trial(optuna.trial.create_trial(
-                values=[value, macs, params], params={"head": choices["head"]},
+                values=[metrics[n] for n, _ in objectives or DEFAULT], params={"head": choices["head"]},
                 distributions={"head": optuna.distributions.CategoricalDistribution(["repvgg", "dsconv", "mbconv"])},
-                user_attrs={"role": role, "run_dir": str(run_dir), "head": head,
-                            "metrics": {"auc": value, "precision": value + 5, "head_macs": macs,
-                                        "head_params_deploy": params, "head_params": params},
+                user_attrs={"role": role, "run_dir": str(run_dir), "head": head, "metrics": metrics,
                             "cost": {"head_macs": macs, "head_params_deploy": params}, "duration_s": 1.0}))
             number += 1
     study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL,
@@ -163,3 +173,81 @@ def test_notebook_runs_on_a_tiny_study(tmp_path, monkeypatch):
     assert "The RepVGG baseline scores AUC 40.0" in text and "1 architecture(s) dominate it" in text
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 4  # two fronts, hypervolume, importances
+
+
+def test_the_front_is_on_the_objectives_the_study_stored(tmp_path):
+    # fewest parameters (on the 3-objective front), but the user's head has more AUC and fewer MACs
+    few_params = (None, ["head=dsconv", "head.num_blocks=3", "head.channels=32"], 36.0, 6_000_000, 5_000)
+    name = _fake_study(tmp_path, objectives=[("auc", "maximize"), ("head_macs", "minimize")],
+                       trials=[*TRIALS, few_params])
+    result = build_report(ReportConf(study=name), tmp_path / "runs")
+    out = Path(result["out_dir"])
+    assert sorted(pd.read_csv(out / "pareto.csv")["trials"].astype(str)) == ["1", "2", "4"]
+    assert "## Pareto-optimal architectures (auc up, head_macs down)" in (out / "summary.md").read_text()
+    assert (out / "hypervolume.png").is_file()
+    # the same trials on the default objectives: that head is on the front
+    name = _fake_study(tmp_path / "default", trials=[*TRIALS, few_params])
+    build_report(ReportConf(study=name), tmp_path / "default" / "runs")
+    front = pd.read_csv(tmp_path / "default" / "runs" / "sweeps" / "fake" / "report" / "pareto.csv")
+    assert sorted(front["trials"].astype(str)) == ["1", "2", "4", "5"]
+
+
+def test_single_objective_study_gets_its_front_and_importance_plot(tmp_path):
+    name = _fake_study(tmp_path, objectives=[("auc", "maximize")])
+    result = build_report(ReportConf(study=name), tmp_path / "runs")
+    out = Path(result["out_dir"])
+    assert result["pareto"] == ["2"] and set(result["plots"]) == {"auc_vs_macs", "auc_vs_params", "importances"}
+    assert (out / "importances.png").is_file() and not (out / "hypervolume.png").exists()
+    # a grid (no study) is read with the sweeper's default objectives
+    from search.objectives import DEFAULT_OBJECTIVES
+    from search.report import frame_to_study
+    from search.record import study_objectives
+
+    grid = frame_to_study(pd.DataFrame({"state": ["COMPLETE"], "auc": [1.0], "head_macs": [2],
+                                        "head_params_deploy": [3]}))
+    assert study_objectives(grid) == list(DEFAULT_OBJECTIVES)
+
+
+def test_architectures_differ_in_any_head_field(tmp_path):
+    from search.report import _short_head, architectures, study_frame
+
+    study = optuna.create_study(directions=[d for _, d in DEFAULT])
+    user = OmegaConf.to_container(compose("train", ["head=dsconv"]).head, resolve=True, enum_to_str=True)
+    heads = [user, user, {**user, "norm": True}, {**user, "dropout": 0.1}]  # dropout: a head option added later
+    for i, head in enumerate(heads):
+        study.add_trial(optuna.trial.create_trial(
+            values=[30.0 + i, 5e6, 1e4], user_attrs={"head": head, "metrics": {"auc": 30.0 + i, "head_macs": 5e6,
+                                                                              "head_params_deploy": 1e4}}))
+    table = architectures(study_frame(study))
+    assert table["seeds"].tolist() == [2, 1, 1] and table["trials"].tolist() == ["0,1", "2", "3"]
+    assert len(set(table["head"].map(_short_head))) == 3  # told apart in the tables too
+    assert _short_head(table["head"][1]).endswith(" bn") and _short_head(table["head"][2]).endswith("dropout=0.1")
+
+
+def test_the_trial_record_keeps_the_stored_names():
+    """search.record owns the attribute names; they are the ones studies on disk carry."""
+    import re
+
+    from search.record import Role, StudyAttr, TrialAttr, trial_row
+
+    assert (Role.BASELINE, Role.USER_HEAD) == ("baseline", "user_head")
+    assert {k: v for k, v in vars(TrialAttr).items() if k.isupper()} == {
+        "ROLE": "role", "REFERENCE_OVERRIDES": "reference_overrides", "REFERENCE_PARAMS": "reference_params",
+        "OVERRIDES": "overrides", "HOST": "host", "PID": "pid", "TRAINED": "trained", "HEAD": "head",
+        "CONFIG_KEY": "config_key", "COST": "cost", "RUN_DIR": "run_dir", "DUPLICATE_OF": "duplicate_of",
+        "DURATION_S": "duration_s", "METRICS": "metrics", "FAIL_REASON": "fail_reason",
+        "PRUNE_REASON": "prune_reason", "NOTE": "note"}
+    assert {k: v for k, v in vars(StudyAttr).items() if k.isupper()} == {
+        "OBJECTIVES": "objectives", "BUDGET": "budget", "SPACE": "space", "RECIPE": "recipe",
+        "SWEEP_PROCESSES": "sweep_processes"}
+    old = optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, user_attrs={
+        "role": "baseline", "duration_s": 2.0, "run_dir": "/r", "prune_reason": "over budget", "cost": {"head_macs": 3},
+        "metrics": {"auc": 1.0}, "head": {"block": "repvgg"}})
+    assert trial_row(old) == {"trial": old.number, "state": "PRUNED", "role": "baseline", "duration_s": 2.0,
+                              "run_dir": "/r", "duplicate_of": None, "reason": "over budget", "head_macs": 3,
+                              "auc": 1.0, "head": {"block": "repvgg"}}
+    # no other module spells a record name: the sweeper, the study and the report go through search.record
+    for path in ("hydra_plugins/lighttrack_sweeper/_impl.py", "search/study.py", "search/report.py"):
+        text = (ROOT / path).read_text()
+        spelled = re.findall(r"(?:set_user_attr\(|user_attrs\.get\(|user_attrs\[|user_attrs=\{)\s*[\"'](\w+)", text)
+        assert not spelled, (path, spelled)

@@ -390,3 +390,84 @@ def test_invalid_candidates_fail_before_training_and_count(tmp_path):
         assert "rejected before training: HeadSpecError: head.kernel_size=4 is not allowed: an odd integer" in \
             t.user_attrs["fail_reason"]
         assert t.user_attrs["trained"] is False and not (tmp_path / "s" / "trials" / str(t.number)).exists()
+
+
+# -- settings refused (or warned about) when the sweeper starts, before any trial --------------------------------
+def _impl(**conf):
+    from hydra_plugins.lighttrack_sweeper._impl import SweeperImpl
+
+    settings = dict(sampler={"_target_": "optuna.samplers.RandomSampler"}, pruner=None, study_name="s", storage=None,
+                    objectives=[{"name": "auc", "direction": "maximize"}], space={}, n_trials=1, max_trials=None,
+                    n_jobs=1, seed=0, cost=None, budget={}, enqueue={})
+    return SweeperImpl(**{**settings, **conf})
+
+
+def test_unknown_objective_name_is_refused_before_any_trial(tmp_path):
+    result = sweep(tmp_path / "s", "hydra.sweeper.objectives=[{name:aucc,direction:maximize},"
+                   "{name:head_macs,direction:minimize}]", "hydra.sweeper.max_trials=3")
+    assert result.returncode != 0
+    assert "hydra.sweeper.objectives[0].name='aucc' is not allowed: a figure the trial returns, one of auc, " \
+        in result.stderr
+    assert "(did you mean 'auc'?)" in result.stderr
+    assert not (tmp_path / "s" / "trials").exists() and not (tmp_path / "s" / "journal.log").exists()
+
+
+def test_objective_names_are_the_figures_a_trial_returns():
+    from search.cost import head_cost
+    from search.objectives import DEFAULT_OBJECTIVES, METRIC_NAMES
+    from tracker.config import compose
+    from tracker.metrics import METRICS
+
+    assert set(METRICS) | {o.name for o in DEFAULT_OBJECTIVES} <= set(METRIC_NAMES)
+    assert set(head_cost(compose("train", BASE))) <= set(METRIC_NAMES)
+    assert [o.name for o in parse_objectives([{"name": "sr50", "direction": "maximize"}])] == ["sr50"]
+
+
+@pytest.mark.parametrize("limit", [-1, -0.5, math.nan, "many", True])
+def test_negative_or_non_numeric_budget_is_refused(limit):
+    from hydra_plugins.lighttrack_sweeper._impl import SweepConfigError
+
+    with pytest.raises(SweepConfigError, match=r"hydra.sweeper.budget.head_macs=.* is not allowed: null \(no bound\) "
+                                               r"or a number >= 0"):
+        _impl(budget={"head_macs": limit, "head_params_deploy": None})
+    assert _impl(budget={"head_macs": 0, "head_params_deploy": None}).budget == {"head_macs": 0}
+
+
+def test_negative_budget_is_refused_before_any_trial(tmp_path):
+    result = sweep(tmp_path / "s", "hydra.sweeper.budget.head_macs=-1", "hydra.sweeper.max_trials=3")
+    assert result.returncode != 0
+    assert "hydra.sweeper.budget.head_macs=-1.0 is not allowed" in result.stderr
+    assert not (tmp_path / "s" / "trials").exists()
+
+
+@pytest.mark.parametrize("storage", ["nosuchdb://user@host/db", "sqlite:///{tmp}/a_file/study.db",
+                                     "{tmp}/a_file/journal.log"])
+def test_storage_that_cannot_be_opened_is_one_clear_error(tmp_path, storage):
+    (tmp_path / "a_file").write_text("a file, not a folder")
+    storage = storage.format(tmp=tmp_path)
+    result = sweep(tmp_path / "s", f"hydra.sweeper.storage='{storage}'", "hydra.sweeper.max_trials=3")
+    assert result.returncode != 0
+    # one line naming the field and the value (SweepConfigError is printed by Hydra without a traceback)
+    assert result.stderr.startswith(f"hydra.sweeper.storage={storage!r} cannot be opened: "), result.stderr
+    assert "Traceback" not in result.stderr and "Background on this error" not in result.stderr
+    assert not (tmp_path / "s" / "trials").exists()
+
+
+def test_pruner_that_nothing_reports_to_is_warned_about(tmp_path, caplog):
+    # trainer=tiny trains at fidelity full, where tracker.train reports no per-epoch val_iou
+    result = sweep(tmp_path / "s", "hydra/sweeper=auc_budget", "hydra.sweeper.budget.head_macs=null",
+                   "hydra.sweeper.max_trials=1")
+    ok(result)
+    assert "hydra.sweeper.pruner=optuna.pruners.MedianPruner will not prune at trainer.fidelity=full: tracker.train " \
+        "reports its per-epoch val_iou only at trainer.fidelity in ['head']" in result.stderr + result.stdout
+    from omegaconf import OmegaConf
+
+    median = {"_target_": "optuna.pruners.MedianPruner"}
+    for pruner, fidelity, space, warned in [(median, "head", {}, False), (None, "full", {}, False),
+                                            ({"_target_": "optuna.pruners.NopPruner"}, "full", {}, False),
+                                            (median, "head", {"trainer.fidelity": "choice(head,finetune)"}, True)]:
+        caplog.clear()
+        fixed = OmegaConf.create({"trainer": {"fidelity": fidelity}})
+        _impl(pruner=pruner)._warn_if_never_pruned(build_space(space), fixed)
+        assert ("will not prune" in caplog.text) == warned, (pruner, fidelity, space)
+    assert "trainer.fidelity=finetune:" in caplog.text

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 import traceback
@@ -21,15 +22,18 @@ from typing import Any, Callable, Optional, Sequence
 import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
+from hydra.errors import CompactHydraException
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
-from search.objectives import ObjectiveError, objective_values, parse_objectives, scalar_metrics
+from search.objectives import (ObjectiveError, objective_entries, objective_values, parse_objectives,
+                               scalar_metrics)
+from search.record import StudyAttr, TrialAttr, reason_attr
 from search.space import Space, build_space, format_value, merge_overrides
-from search.study import (fail_orphans, forget, local_lock, open_storage, owner_attrs, remember,
-                          storage_location)
+from search.study import (INTERMEDIATE_FIDELITIES, INTERMEDIATE_KEY, StorageError, fail_orphans, forget,
+                          local_lock, open_storage, owner_attrs, remember, storage_location)
 from tracker.io import atomic_write_text
 from tracker.version import MODEL_VERSION
 
@@ -40,8 +44,9 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
-class SweepConfigError(ValueError):
-    """A sweeper setting that cannot work; raised before any trial runs."""
+class SweepConfigError(ValueError, CompactHydraException):
+    """A sweeper setting that cannot work; raised before any trial runs. Hydra prints its message alone, no
+    traceback (CompactHydraException), also when it is raised after the sweeper was made."""
 
 
 class SweepFailed(SystemExit):
@@ -110,6 +115,19 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, A
     return [] if old == new else [(prefix.rstrip("."), old, new)]
 
 
+def _budget(budget: Any) -> dict[str, float]:
+    """The configured upper bounds (null ones dropped); a bound below 0 would prune every candidate."""
+    bounds = {}
+    for name, limit in dict(budget or {}).items():
+        if limit is None:
+            continue
+        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or math.isnan(limit) or limit < 0:
+            raise SweepConfigError(f"hydra.sweeper.budget.{name}={limit!r} is not allowed: null (no bound) or a "
+                                   "number >= 0")
+        bounds[str(name)] = limit
+    return bounds
+
+
 def _short(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -124,13 +142,16 @@ class SweeperImpl:
                  cost: Any, budget: Any, enqueue: Any, max_settled: int = 200, trial: Optional[int] = None) -> None:
         self.sampler_cfg, self.pruner_cfg = sampler, pruner
         self.study_name, self.storage = study_name, storage
-        self.objectives = parse_objectives(OmegaConf.to_container(objectives, resolve=True)
-                                           if OmegaConf.is_config(objectives) else objectives)
+        try:
+            self.objectives = parse_objectives(OmegaConf.to_container(objectives, resolve=True)
+                                               if OmegaConf.is_config(objectives) else objectives)
+        except ValueError as e:  # a name no trial returns would train every trial, then fail each
+            raise SweepConfigError(str(e)) from None
         self.space_cfg = space
         self.n_trials, self.max_trials, self.n_jobs, self.seed = n_trials, max_trials, n_jobs, seed
         self.max_settled = max_settled
         self.cost_cfg = cost
-        self.budget = {k: v for k, v in dict(budget or {}).items() if v is not None}
+        self.budget = _budget(budget)
         self.enqueue = {str(k): list(v) for k, v in dict(enqueue or {}).items()}
         for name in ("n_trials", "max_trials", "n_jobs", "max_settled"):
             value = getattr(self, name)
@@ -160,9 +181,38 @@ class SweeperImpl:
             self.n_jobs = (os.cpu_count() or 1) if jobs < 0 else int(jobs)
         self.job_idx = 0
 
-    def _open_study(self, space: Space) -> optuna.Study:
+    def _connect(self) -> Any:
+        """The storage, opened before anything else: one that cannot be is a config error, not a traceback."""
+        try:
+            return open_storage(self.location)
+        except StorageError as e:
+            value = "null" if self.storage is None else repr(self.storage)
+            where = "" if self.location == self.storage else f" (the journal file {self.location})"
+            raise SweepConfigError(
+                f"hydra.sweeper.storage={value}{where} cannot be opened: {e}. Allowed: null (a journal "
+                "file in hydra.sweep.dir), a writable file path, or an Optuna storage URL such as "
+                "sqlite:////absolute/path.db") from None
+
+    def _warn_if_never_pruned(self, space: Space, fixed: DictConfig) -> None:
+        """A pruner acts on the values a trial reports each epoch; tracker.train reports them at some
+        fidelities only, so at the others the pruner silently never prunes (the task may still report, so
+        this warns rather than refuses)."""
+        if self.pruner_cfg is None or self.pruner_cfg.get("_target_") == "optuna.pruners.NopPruner":
+            return
+        fidelities = {OmegaConf.select(fixed, "trainer.fidelity", default=None)}
+        dim = next((d for d in space.dimensions if d.name == "trainer.fidelity"), None)
+        if dim is not None:
+            fidelities = set(getattr(dim.distribution, "choices", fidelities))
+        silent = sorted(str(f) for f in fidelities - {None, *INTERMEDIATE_FIDELITIES})  # None: not tracker.train
+        if silent:
+            log.warning("hydra.sweeper.pruner=%s will not prune at trainer.fidelity=%s: tracker.train reports "
+                        "its per-epoch %s only at trainer.fidelity in %s, so those trials run to the end "
+                        "(use trainer.fidelity=head, or hydra/sweeper/pruner=none)",
+                        self.pruner_cfg.get("_target_"), ",".join(silent), INTERMEDIATE_KEY,
+                        list(INTERMEDIATE_FIDELITIES))
+
+    def _open_study(self, space: Space, storage: Any, fixed: DictConfig) -> optuna.Study:
         directions = [o.direction for o in self.objectives]
-        storage = open_storage(self.location)
         study = optuna.create_study(storage=storage, study_name=self.study_name, directions=directions,
                                     pruner=instantiate(self.pruner_cfg) if self.pruner_cfg else None,
                                     load_if_exists=True)
@@ -172,16 +222,16 @@ class SweeperImpl:
             raise SweepConfigError(
                 f"study {self.study_name!r} in {self.location} optimises {study.metric_names} {have}, but "
                 f"hydra.sweeper.objectives asks {names} {directions}: use another hydra.sweeper.study_name")
-        recipe = self._recipe(space)
+        recipe = self._recipe(fixed)
         if not study.metric_names:
             study.set_metric_names(names)
-            study.set_user_attr("objectives", [vars(o) for o in self.objectives])
-            study.set_user_attr("budget", self.budget)
-            study.set_user_attr("space", {d.name: repr(d.distribution) for d in space.dimensions})
-            study.set_user_attr("recipe", recipe)
-        elif "recipe" in study.user_attrs and study.user_attrs["recipe"] != recipe:
-            changed = _differences(study.user_attrs["recipe"], recipe)
-            old_version = study.user_attrs["recipe"].get("model_version", 1)
+            study.set_user_attr(StudyAttr.OBJECTIVES, objective_entries(self.objectives))
+            study.set_user_attr(StudyAttr.BUDGET, self.budget)
+            study.set_user_attr(StudyAttr.SPACE, {d.name: repr(d.distribution) for d in space.dimensions})
+            study.set_user_attr(StudyAttr.RECIPE, recipe)
+        elif StudyAttr.RECIPE in study.user_attrs and study.user_attrs[StudyAttr.RECIPE] != recipe:
+            changed = _differences(study.user_attrs[StudyAttr.RECIPE], recipe)
+            old_version = study.user_attrs[StudyAttr.RECIPE].get("model_version", 1)
             raise SweepConfigError(
                 f"study {self.study_name!r} in {self.location} was run with another recipe: "
                 + (f"its trials were trained with tracker model version {old_version}, this code builds version "
@@ -190,8 +240,8 @@ class SweeperImpl:
                 + (f" (and {len(changed) - 5} more)" if len(changed) > 5 else "")
                 + ". Its trials would not compare with new ones: set hydra.sweeper.study_name=<new name> "
                 "(or delete the study's folder to start it again)")
-        index = int(study.user_attrs.get("sweep_processes", 0))
-        study.set_user_attr("sweep_processes", index + 1)
+        index = int(study.user_attrs.get(StudyAttr.SWEEP_PROCESSES, 0))
+        study.set_user_attr(StudyAttr.SWEEP_PROCESSES, index + 1)
         # each process gets its own deterministic stream, so concurrent sweeps do not propose the same trials
         seed = self.seed + 1000 * index
         if self.sampler_cfg.get("_target_") == "optuna.samplers.GridSampler":
@@ -204,10 +254,10 @@ class SweeperImpl:
         remember(self.location, storage)
         return study
 
-    def _recipe(self, space: Space) -> dict:
+    @staticmethod
+    def _recipe(cfg: DictConfig) -> dict:
         """Everything a trial inherits but the searched head: data, model (and its code version), trainer,
-        evaluation, resolved."""
-        cfg = self._compose(space.fixed)
+        evaluation, resolved (from the config every trial starts from)."""
         task = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True,
                                       enum_to_str=True)
         task.pop("head", None)
@@ -222,7 +272,7 @@ class SweeperImpl:
 
     def _enqueue_references(self, study: optuna.Study, space: Space) -> None:
         """Reference trials (the baseline, the user's head) go first, once per study."""
-        roles = {t.user_attrs.get("role") for t in study.get_trials(deepcopy=False)}
+        roles = {t.user_attrs.get(TrialAttr.ROLE) for t in study.get_trials(deepcopy=False)}
         for role, overrides in self.enqueue.items():
             if role in roles:
                 continue
@@ -233,8 +283,8 @@ class SweeperImpl:
                 return choices[name] if name in choices else OmegaConf.select(cfg, name, default=None)
 
             params = space.reference_params(lookup)
-            study.enqueue_trial(params, user_attrs={"role": role, "reference_overrides": overrides,
-                                                    "reference_params": sorted(params)})
+            study.enqueue_trial(params, user_attrs={TrialAttr.ROLE: role, TrialAttr.REFERENCE_OVERRIDES: overrides,
+                                                    TrialAttr.REFERENCE_PARAMS: sorted(params)})
             log.info("enqueued the %s: %s", role, " ".join(overrides))
 
     # -- the loop ------------------------------------------------------------------------------------------
@@ -243,8 +293,11 @@ class SweeperImpl:
         space = build_space(self.space_cfg, arguments, parser)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         atomic_write_text(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(self.config))
+        storage = self._connect()
+        fixed = self._compose(space.fixed)
+        self._warn_if_never_pruned(space, fixed)
         with local_lock(self.location):
-            study = self._open_study(space)
+            study = self._open_study(space, storage, fixed)
             self._enqueue_references(study, space)
         log.info("study %r in %s: %d trial(s) so far; objectives %s; dimensions %s", self.study_name, self.location,
                  len(study.trials), [f"{o.direction[:3]} {o.name}" for o in self.objectives],
@@ -266,11 +319,11 @@ class SweeperImpl:
                         trial = study.ask()
                         job = self._prepare(study, trial, space, batch, deferred)
                         if job is not None:
-                            trial.set_user_attr("trained", True)
+                            trial.set_user_attr(TrialAttr.TRAINED, True)
                     if job is not None:
                         batch.append(job)
                         launched, settled_in_a_row = launched + 1, 0
-                    elif trial.user_attrs.get("fail_reason"):  # rejected configs count: a broken space ends
+                    elif trial.user_attrs.get(TrialAttr.FAIL_REASON):  # rejected configs count: a broken space ends
                         launched += 1
                     else:
                         settled_in_a_row += 1
@@ -292,37 +345,37 @@ class SweeperImpl:
         if self.max_trials is None:
             return True
         counted = [t for t in study.get_trials(deepcopy=False, states=FINISHED + (TrialState.RUNNING,))
-                   if t.user_attrs.get("trained") or t.state == TrialState.FAIL]
+                   if t.user_attrs.get(TrialAttr.TRAINED) or t.state == TrialState.FAIL]
         return len(counted) < self.max_trials
 
     def _prepare(self, study: optuna.Study, trial: optuna.Trial, space: Space, batch: list[Job],
                  deferred: list) -> Optional[Job]:
         """Suggest, compose and cost one trial; settle it here when that is enough (returns None)."""
         started = time.perf_counter()
-        role = trial.user_attrs.get("role")
+        role = trial.user_attrs.get(TrialAttr.ROLE)
         if role is not None:
-            params = space.suggest(trial, only=trial.user_attrs.get("reference_params", []))
-            overrides = merge_overrides(space.fixed, trial.user_attrs["reference_overrides"])
+            params = space.suggest(trial, only=trial.user_attrs.get(TrialAttr.REFERENCE_PARAMS, []))
+            overrides = merge_overrides(space.fixed, trial.user_attrs[TrialAttr.REFERENCE_OVERRIDES])
         else:
             params = space.suggest(trial)
             overrides = space.overrides(params)
-        for k, v in {"overrides": overrides, **owner_attrs()}.items():
+        for k, v in {TrialAttr.OVERRIDES: overrides, **owner_attrs()}.items():
             trial.set_user_attr(k, v)
         try:
             cfg = self._compose(overrides, trial.number)
             task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
             key = config_key(task)
             if "head" in task:
-                trial.set_user_attr("head", OmegaConf.to_container(task.head, resolve=True, enum_to_str=True))
+                trial.set_user_attr(TrialAttr.HEAD, OmegaConf.to_container(task.head, resolve=True, enum_to_str=True))
             cost = self.cost_fn(cfg) if self.cost_fn else {}
         except Exception as e:  # a config that cannot compose or validate never trains
             self._tell(study, trial, params, role, TrialState.FAIL, started,
                        reason=f"rejected before training: {type(e).__name__}: {e}")
             return None
         run_dir = str((Path(cfg.hydra.sweep.dir) / str(cfg.hydra.sweep.subdir)).resolve())
-        trial.set_user_attr("config_key", key)
-        trial.set_user_attr("cost", cost)
-        trial.set_user_attr("run_dir", run_dir)
+        trial.set_user_attr(TrialAttr.CONFIG_KEY, key)
+        trial.set_user_attr(TrialAttr.COST, cost)
+        trial.set_user_attr(TrialAttr.RUN_DIR, run_dir)
         if role is None:
             over = self._over_budget(cost)
             if over:
@@ -353,17 +406,17 @@ class SweeperImpl:
     def _earlier(study: optuna.Study, key: str, number: int) -> Optional[FrozenTrial]:
         """The earliest other trial with the same config that finished or is running (failed ones may rerun)."""
         matches = [t for t in study.get_trials(deepcopy=False)
-                   if t.number != number and t.user_attrs.get("config_key") == key
+                   if t.number != number and t.user_attrs.get(TrialAttr.CONFIG_KEY) == key
                    and t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)]
         complete = [t for t in matches if t.state == TrialState.COMPLETE]
         return (complete or matches or [None])[0]
 
     def _settle_duplicate(self, study: optuna.Study, trial: optuna.Trial, original: FrozenTrial,
                           started: float) -> None:
-        trial.set_user_attr("duplicate_of", original.number)
-        params, role = dict(trial.params), trial.user_attrs.get("role")
+        trial.set_user_attr(TrialAttr.DUPLICATE_OF, original.number)
+        params, role = dict(trial.params), trial.user_attrs.get(TrialAttr.ROLE)
         if original.state == TrialState.COMPLETE:
-            for k in ("metrics", "run_dir"):
+            for k in (TrialAttr.METRICS, TrialAttr.RUN_DIR):
                 if k in original.user_attrs:
                     trial.set_user_attr(k, original.user_attrs[k])
             self._tell(study, trial, params, role, TrialState.COMPLETE, started, values=original.values,
@@ -403,7 +456,7 @@ class SweeperImpl:
             outcome = Outcome(value=outcome)
         trial = job.trial
         if outcome.seconds:
-            trial.set_user_attr("duration_s", round(outcome.seconds, 3))
+            trial.set_user_attr(TrialAttr.DURATION_S, round(outcome.seconds, 3))
         if outcome.traceback:
             atomic_write_text(Path(job.run_dir) / "error.txt", outcome.traceback)
         if outcome.error is not None:
@@ -413,7 +466,7 @@ class SweeperImpl:
             return
         metrics = scalar_metrics(outcome.value)
         if metrics:
-            trial.set_user_attr("metrics", metrics)
+            trial.set_user_attr(TrialAttr.METRICS, metrics)
         try:
             values = objective_values(outcome.value, self.objectives)
         except ObjectiveError as e:
@@ -426,21 +479,20 @@ class SweeperImpl:
     def _tell(self, study: optuna.Study, trial: optuna.Trial, params: dict, role: Optional[str], state: TrialState,
               started: float, values: Optional[Sequence[float]] = None, reason: Optional[str] = None,
               seconds: Optional[float] = None) -> None:
-        trial.set_user_attr("trained", bool(trial.user_attrs.get("trained")))
+        trial.set_user_attr(TrialAttr.TRAINED, bool(trial.user_attrs.get(TrialAttr.TRAINED)))
         if reason is not None:
-            attr = {TrialState.FAIL: "fail_reason", TrialState.PRUNED: "prune_reason"}.get(state, "note")
-            trial.set_user_attr(attr, reason)
+            trial.set_user_attr(reason_attr(state.name), reason)
         if seconds is None:
             seconds = time.perf_counter() - started
-            trial.set_user_attr("duration_s", round(seconds, 3))
+            trial.set_user_attr(TrialAttr.DURATION_S, round(seconds, 3))
         study.tell(trial, values=list(values) if state == TrialState.COMPLETE else None, state=state,
                    skip_if_finished=True)
         self.states[state.name] += 1
         shown = " ".join(f"{k}={format_value(v)}" for k, v in params.items()) or "(no parameters)"
         if role:
-            shown = f"[{role}] " + " ".join(trial.user_attrs.get("overrides", []))
-        figures = dict(trial.user_attrs.get("cost", {}))
-        figures.update(trial.user_attrs.get("metrics", {}))
+            shown = f"[{role}] " + " ".join(trial.user_attrs.get(TrialAttr.OVERRIDES, []))
+        figures = dict(trial.user_attrs.get(TrialAttr.COST, {}))
+        figures.update(trial.user_attrs.get(TrialAttr.METRICS, {}))
         if values is not None:
             figures.update({o.name: v for o, v in zip(self.objectives, values)})
         wanted = list(dict.fromkeys([o.name for o in self.objectives] + ["auc", "head_macs"]))
@@ -456,7 +508,7 @@ class SweeperImpl:
                  len(study.trials), dict(counts), dict(self.states), self.location)
         finished = sum(self.states.values())
         if finished and self.states.get("FAIL", 0) == finished:
-            reasons = sorted({t.user_attrs.get("fail_reason", "?") for t in study.trials
+            reasons = sorted({t.user_attrs.get(TrialAttr.FAIL_REASON, "?") for t in study.trials
                               if t.state == TrialState.FAIL})[:5]
             log.error("every trial this sweep ran failed (%d); reasons: %s", finished, reasons)
             raise SweepFailed(1)

@@ -9,6 +9,8 @@ from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 
+from search.objectives import DEFAULT_OBJECTIVES, objective_entries
+
 SAMPLERS: Dict[str, Dict[str, Any]] = {
     # multivariate + group: TPE models the conditional dimensions jointly; constant_liar spreads parallel asks
     "tpe": {"_target_": "optuna.samplers.TPESampler", "n_startup_trials": 8, "multivariate": True, "group": True,
@@ -27,8 +29,7 @@ PRUNERS: Dict[str, Dict[str, Any]] = {
 
 
 def _default_objectives() -> List[Any]:
-    return [{"name": "auc", "direction": "maximize"}, {"name": "head_macs", "direction": "minimize"},
-            {"name": "head_params_deploy", "direction": "minimize"}]
+    return objective_entries(DEFAULT_OBJECTIVES)
 
 
 @dataclass

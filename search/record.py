@@ -1,0 +1,98 @@
+"""The trial record: what the sweeper stores on a study and its trials (Optuna user attributes) and how it is
+read back. The sweeper (hydra_plugins/lighttrack_sweeper), search.study and the report use these names only.
+
+The stored names are the ones studies on disk already carry: change a value here and old studies stop reading.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping, Optional
+
+from .objectives import DEFAULT_OBJECTIVES, Objective, parse_objectives
+
+
+class Role:
+    """Reference trials, enqueued first (hydra.sweeper.enqueue's keys); searched trials have no role."""
+
+    BASELINE = "baseline"  # STARK-Lightning's RepVGG head: what every candidate is compared with
+    USER_HEAD = "user_head"  # the user's depthwise-separable head
+
+
+class TrialAttr:
+    """Trial user attributes."""
+
+    ROLE = "role"  # a Role, on reference trials only
+    REFERENCE_OVERRIDES = "reference_overrides"  # a reference's overrides (hydra.sweeper.enqueue)
+    REFERENCE_PARAMS = "reference_params"  # the space's parameters a reference fixes
+    OVERRIDES = "overrides"  # the trial's overrides, as launched
+    HOST = "host"  # the sweep process that asked the trial (orphans are failed on resume)
+    PID = "pid"
+    TRAINED = "trained"  # launched (True) or settled without training (False)
+    HEAD = "head"  # the resolved head spec, every field
+    CONFIG_KEY = "config_key"  # identity of the resolved job config (duplicates share it)
+    COST = "cost"  # cost figures before training (hydra.sweeper.cost)
+    RUN_DIR = "run_dir"
+    DUPLICATE_OF = "duplicate_of"  # the earlier trial whose result a duplicate took
+    DURATION_S = "duration_s"
+    METRICS = "metrics"  # the flat scalar part of what the trial returned
+    FAIL_REASON = "fail_reason"
+    PRUNE_REASON = "prune_reason"
+    NOTE = "note"  # why a COMPLETE trial was settled as it was
+
+
+class StudyAttr:
+    """Study user attributes, set when the study is created (SWEEP_PROCESSES: on every start)."""
+
+    OBJECTIVES = "objectives"  # [{name, direction}, ...]
+    BUDGET = "budget"
+    SPACE = "space"
+    RECIPE = "recipe"
+    SWEEP_PROCESSES = "sweep_processes"
+
+
+_REASONS = {"FAIL": TrialAttr.FAIL_REASON, "PRUNED": TrialAttr.PRUNE_REASON}
+
+
+def reason_attr(state_name: str) -> str:
+    """Where a trial ending in this state (a TrialState's name) keeps its reason."""
+    return _REASONS.get(state_name, TrialAttr.NOTE)
+
+
+def reason(attrs: Mapping[str, Any]) -> Optional[str]:
+    return attrs.get(TrialAttr.FAIL_REASON) or attrs.get(TrialAttr.PRUNE_REASON) or attrs.get(TrialAttr.NOTE)
+
+
+def head_key(head: Mapping[str, Any]) -> str:
+    """One architecture's identity: the head spec with every field as stored, as sorted JSON (two heads
+    differing in any field, `norm` included, are different architectures)."""
+    return json.dumps(dict(head), sort_keys=True, default=str)
+
+
+def study_objectives(study: Any) -> list[Objective]:
+    """The objectives a study was run with: as the sweeper stored them, else its metric names and
+    directions, else the default ones (a study made by other means with the default's directions)."""
+    stored = study.user_attrs.get(StudyAttr.OBJECTIVES)
+    if stored:
+        return parse_objectives(stored, field=f"study {study.study_name!r} objectives", known=None)
+    directions = [d.name.lower() for d in study.directions]
+    if study.metric_names:
+        return [Objective(n, d) for n, d in zip(study.metric_names, directions)]
+    if directions == [o.direction for o in DEFAULT_OBJECTIVES]:
+        return list(DEFAULT_OBJECTIVES)
+    raise ValueError(f"study {study.study_name!r} records no objective names (directions {directions}): "
+                     "name them with study.set_metric_names")
+
+
+def trial_row(trial: Any) -> dict[str, Any]:
+    """A frozen trial's record as one flat row: number, state, role, duration, run dir, duplicate, reason,
+    parameters (`param_*`), cost and metrics; the head spec under `head` (a dict) when recorded."""
+    attrs = trial.user_attrs
+    row: dict[str, Any] = {"trial": trial.number, "state": trial.state.name, "role": attrs.get(TrialAttr.ROLE),
+                           "duration_s": attrs.get(TrialAttr.DURATION_S), "run_dir": attrs.get(TrialAttr.RUN_DIR),
+                           "duplicate_of": attrs.get(TrialAttr.DUPLICATE_OF), "reason": reason(attrs)}
+    row.update({f"param_{k}": v for k, v in trial.params.items()})
+    row.update(attrs.get(TrialAttr.COST) or {})
+    row.update(attrs.get(TrialAttr.METRICS) or {})
+    if attrs.get(TrialAttr.HEAD):
+        row["head"] = attrs[TrialAttr.HEAD]
+    return row
