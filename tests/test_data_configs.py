@@ -79,15 +79,14 @@ def test_synthetic_preset_generates_into_the_cache_and_loads(tmp_path, monkeypat
     monkeypatch.setenv("LIGHTTRACK_DATA_CACHE", str(tmp_path))
     cfg = data_config("+data=synthetic", "data.generate.train_sequences=2", "data.generate.val_sequences=1",
                       "data.generate.frames=10", "data.generate.width=96", "data.generate.height=72",
-                      "data.generate.workers=1", "data.loader.num_workers=0", "data.loader.batch_size=2",
-                      "data.sampling.pairs_per_epoch=4", "data.processing.template.size=32",
+                      "data.generate.workers=1", "data.processing.template.size=32",
                       "data.processing.search.size=64")
     assert OmegaConf.select(cfg, "cache_dir") == str(tmp_path)
     (reader, ratio), = build_sources(cfg)
     assert reader.name == "synthetic" and reader.split == "train" and len(reader) == 2
     assert reader.root.parent == tmp_path and reader.root.name.startswith("synthetic-")
     assert build_reader(cfg).split == "val"
-    batch = next(iter(build_train_loader(cfg, device="cpu")))
+    batch = next(iter(build_train_loader(cfg, device="cpu", batch_size=2, pairs_per_epoch=4)))
     assert batch["template"].shape == (2, 3, 32, 32) and batch["search"].shape == (2, 3, 64, 64)
     # the trainer's call: sizes, counts and seeds from its own config; val pairs keep the last batch
     val = build_pair_loader(cfg, split="val", template_size=16, search_size=48, pairs_per_epoch=3,

@@ -1,4 +1,5 @@
-"""One trial end to end on CPU at tiny sizes: artefacts, resume, NaN, fidelities, the evaluate CLI."""
+"""One trial end to end on CPU at tiny sizes: artefacts, resume, NaN, fidelities, the evaluate CLI; the trainer's
+report_every and deterministic, cache keys free of fields without effect, validation before anything is written."""
 from __future__ import annotations
 
 import json
@@ -9,11 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from tracker.checkpoint import load_checkpoint
 from tracker.config import CONF_DIR, compose
+from tracker.data import DataConfigError, pairs_key
 from tracker.evaluate import StaticBoxTracker, clip_box, load_model, track_sequence
-from tracker.train import NonFiniteLossError, Trial, run_trial
+from tracker.train import NonFiniteLossError, Trial, run_trial, trial_data
 
 ROOT = CONF_DIR.parent
 TINY_DATA = ["data.generate.train_sequences=4", "data.generate.val_sequences=2", "data.generate.frames=12",
@@ -218,3 +221,68 @@ def test_online_tracker_maps_a_perfect_prediction_back_to_the_ground_truth(works
     inside = visible & (sequence.boxes[:, 0] >= 0) & (sequence.boxes[:, 1] >= 0)
     assert inside.sum() >= len(sequence.boxes) // 2
     assert np.abs(boxes[inside] - sequence.boxes[inside]).max() < 1e-3
+
+
+def test_report_every_calls_the_epoch_callback_every_n_epochs(workspace, tmp_path):
+    for every, expected in ((2, [2, 4]), (0, [])):
+        epochs = []
+        Trial(_cfg(workspace, "trainer.epochs=4", f"trainer.report_every={every}"), tmp_path / str(every),
+              on_epoch_end=lambda epoch, stats: epochs.append(epoch), progress=False).train()
+        assert epochs == expected
+
+
+def test_deterministic_trains_with_deterministic_algorithms_only(workspace, tmp_path):
+    seen = []
+    record = lambda epoch, stats: seen.append(torch.are_deterministic_algorithms_enabled())  # noqa: E731
+    Trial(_cfg(workspace, "trainer.epochs=1", "trainer.deterministic=true"), tmp_path / "det", on_epoch_end=record,
+          progress=False).train()
+    Trial(_cfg(workspace, "trainer.epochs=1"), tmp_path / "free", on_epoch_end=record, progress=False).train()
+    assert seen == [True, False] and not torch.are_deterministic_algorithms_enabled()  # restored afterwards
+
+
+def test_fields_without_effect_stay_out_of_the_pairs_cache_key(workspace):
+    key = lambda *o: pairs_key(trial_data(_cfg(workspace, *o)), "train")  # noqa: E731
+    plain = key()
+    for neutral in ("data.generate.workers=1", "data.cache_dir=/elsewhere", "data.split=train",
+                    "data.processing.search.size=999"):  # the trainer's search size wins
+        assert key(neutral) == plain, neutral
+    for effective in ("data.sampling.max_gap=5", "data.processing.flip=0.0", "trainer.search_center_jitter=1.0",
+                      "trainer.search_size=128"):
+        assert key(effective) != plain, effective
+
+
+def test_a_field_without_effect_reuses_the_cached_trunk_and_features(workspace, tmp_path):
+    head = ["head=dsconv", "head.channels=16", "trainer.fidelity=head", "trainer.epochs=1"]
+    count = lambda pattern: len(list((workspace / "runs").glob(pattern)))  # noqa: E731
+    Trial(_cfg(workspace, *head), tmp_path / "a", progress=False).train()
+    trunks, features = count("trunks/*/trunk.pt"), count("features/train-*.pt")
+    Trial(_cfg(workspace, *head, "data.generate.workers=1"), tmp_path / "b", progress=False).train()
+    assert (count("trunks/*/trunk.pt"), count("features/train-*.pt")) == (trunks, features)
+
+
+def test_run_trial_validates_before_it_writes_the_run_directory(workspace, tmp_path):
+    cfg = _cfg(workspace)
+    cfg.data.split = "vall"  # changed after composition
+    with pytest.raises(DataConfigError, match=r"data.split=vall is not allowed"):
+        run_trial(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_baseline_trunk_config_keeps_struct_mode(workspace, tmp_path, monkeypatch):
+    """ensure_baseline_trunk edits a copy of the trial's config; struct mode must survive so that a misspelt key
+    fails instead of being added."""
+    import tracker.train
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(cfg, run_dir, **kwargs):
+        seen["struct"] = OmegaConf.is_struct(cfg)
+        raise Stop
+
+    monkeypatch.setattr(tracker.train, "Trial", capture)
+    with pytest.raises(Stop):
+        tracker.train.ensure_baseline_trunk(_cfg(workspace, "trainer.baseline_trunk.epochs=7"), progress=False)
+    assert seen["struct"] is True

@@ -5,6 +5,7 @@ at start-up, so every app (and `compose()` in tests) sees them.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +101,8 @@ class TrainingRecipe:
         _check(self, self._prefix, positive_ints=("epochs", "pairs_per_epoch", "batch_size", "lr_step_epochs"),
                non_negative=("weight_decay", "grad_clip", "giou_weight", "l1_weight", "backbone_lr_scale"),
                positive=("lr",))
+        if not 0 < self.lr_gamma <= 1:  # a step schedule's factor: 0 or less zeroes or flips the rate
+            raise ConfigError(f"{self._prefix}.lr_gamma={self.lr_gamma!r} is not allowed: a factor in (0, 1]")
 
 
 @dataclass
@@ -126,9 +129,9 @@ class TrainerConf(TrainingRecipe):
     search_scale_jitter: Optional[float] = None  # null: the data config's (STARK: 0.5)
     num_workers: int = 4
     frozen_bn: bool = True  # STARK freezes the (ImageNet-pretrained) backbone's BN; from scratch it must train
-    deterministic: bool = False
+    deterministic: bool = False  # training runs PyTorch's deterministic kernels only (an op without one fails)
     head_feature_pairs: int = 0  # head fidelity: cached trunk features for this many pairs (0: one epoch's worth)
-    report_every: int = 1  # epochs between intermediate evaluations reported to a pruner (0: never)
+    report_every: int = 1  # epochs between calls of the epoch callback (a sweep's pruner reports; 0: never)
 
     def __post_init__(self) -> None:
         def fail(name: str, allowed: str) -> None:
@@ -170,8 +173,27 @@ class EvaluationConf:
             raise ConfigError(f"evaluation.max_sequences={self.max_sequences} is not allowed: null or >= 1")
 
 
+def _reject_unknown_keys(node: Any, prefix: str = "") -> None:
+    """A key a typed node's schema does not have (added with `+`, which lifts struct mode) would be carried
+    along and ignored: it fails instead, named."""
+    schema = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
+    if schema is not None and dataclasses.is_dataclass(schema):
+        allowed = [f.name for f in dataclasses.fields(schema)]
+        unknown = [k for k in node.keys() if k not in allowed]
+        if unknown:
+            raise ConfigError(f"{prefix}{unknown[0]} is not a key of {prefix.rstrip('.') or 'the config'} "
+                              f"({schema.__name__}): one of {allowed}")
+    for key in (node.keys() if isinstance(node, DictConfig) else range(len(node))):
+        if not (OmegaConf.is_interpolation(node, key) or OmegaConf.is_missing(node, key)):
+            child = node[key]
+            if OmegaConf.is_config(child):
+                _reject_unknown_keys(child, f"{prefix}{key}.")
+
+
 def validate(cfg: DictConfig) -> Any:
-    """Runs every schema's checks (`__post_init__`) on a composed config; raises before any work starts."""
+    """Runs every schema's checks (`__post_init__`) on a composed config, unknown keys included; raises before
+    any work starts."""
+    _reject_unknown_keys(cfg)
     return OmegaConf.to_object(cfg)
 
 

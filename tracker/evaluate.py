@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 
-from .data.processing import PairProcessing, crop_image, crop_region
+from .data.processing import IMAGENET_MEAN, IMAGENET_STD, PairProcessing, crop_image, crop_region
 from .deploy import DeployedTracker
 from .io import atomic_write_text
 from .model import StarkLightning
@@ -53,11 +53,11 @@ class StarkTracker:
     name = "model"
 
     def __init__(self, model: StarkLightning, device: torch.device, template_factor: float = 2.0,
-                 search_factor: float = 5.0, margin: int = 10):
+                 search_factor: float = 5.0, margin: int = 10, mean=IMAGENET_MEAN, std=IMAGENET_STD):
         self.model = DeployedTracker(model, device)
         self.device, self.margin = device, margin
         self.template_factor, self.search_factor = template_factor, search_factor
-        self.processing = PairProcessing()
+        self.processing = PairProcessing(mean=mean, std=std)  # training's normalisation (data.processing.mean/std)
         self.model_seconds = 0.0
 
     def _input(self, image, box: np.ndarray, factor: float, size: int):
@@ -129,15 +129,18 @@ def evaluate_model(model: StarkLightning, cfg: DictConfig, out_dir: str | Path, 
                    progress: bool = True) -> dict[str, Any]:
     """Tracks `cfg.data`'s evaluation split with `model` (and the static-box tracker), writes results, plots
     and per-sequence scores under `out_dir`, returns the model's metrics plus the static tracker's AUC."""
-    from .data.config import build_reader
+    from .data.config import build_reader, check_data, to_data_conf
     from .metrics import evaluate_sequences, image_size, write_report
 
     out_dir, ev = Path(out_dir), cfg.evaluation
+    check_data(cfg.data, train=False)  # a broken sequence fails here, named, not mid-evaluation
     reader = build_reader(cfg.data)
+    norm = to_data_conf(cfg.data).processing
     names = reader.sequence_names()[: ev.max_sequences]
     sequences = [reader.sequence(n) for n in names]
     sizes = {s.name: size for s in sequences if (size := image_size(s)) is not None}
-    trackers: list[Tracker] = [StarkTracker(model, device, ev.template_factor, ev.search_factor, ev.margin)]
+    trackers: list[Tracker] = [StarkTracker(model, device, ev.template_factor, ev.search_factor, ev.margin,
+                                            mean=norm.mean, std=norm.std)]
     if ev.static_baseline:
         trackers.append(StaticBoxTracker())
     scores, speed = {}, {}

@@ -14,7 +14,7 @@ import logging
 import os
 import random
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -50,6 +50,26 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+@contextmanager
+def deterministic_algorithms(enabled: bool):
+    """`trainer.deterministic`: PyTorch's deterministic kernels only (an op that has none raises), cuDNN without
+    autotuning, cuBLAS with a fixed workspace; the previous settings come back afterwards. Pairs and worker
+    seeds are deterministic already (every sample draws from a generator seeded by its index)."""
+    if not enabled:
+        yield
+        return
+    cudnn = torch.backends.cudnn
+    previous = torch.are_deterministic_algorithms_enabled(), cudnn.benchmark, cudnn.deterministic
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts: before the first matmul
+    torch.use_deterministic_algorithms(True)
+    cudnn.benchmark, cudnn.deterministic = False, True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0])
+        cudnn.benchmark, cudnn.deterministic = previous[1:]
 
 
 def config_key(*nodes: Any) -> str:
@@ -105,12 +125,24 @@ def trunk_modules(model: StarkLightning) -> list[nn.Module]:
     return [model.backbone, model.bottleneck, model.template_pos, model.search_pos, model.encoder]
 
 
+def trial_data(cfg: DictConfig):
+    """The data config a trial's loaders read: the trainer's crop sizes and search jitter in place of the data
+    config's (which they override)."""
+    from .data import with_crops
+
+    t = cfg.trainer
+    return with_crops(cfg.data, t.template_size, t.search_size, t.search_center_jitter, t.search_scale_jitter)
+
+
 class Trial:
     """Builds the model, the data and the optimiser for one config; trains, resumes, evaluates."""
 
     def __init__(self, cfg: DictConfig, run_dir: str | os.PathLike, on_epoch_end: Optional[EpochCallback] = None,
                  progress: bool = True):
-        validate(cfg)
+        from .data import check_data
+
+        validate(cfg)  # a bad config and broken data fail here, before anything is trained or written
+        check_data(cfg.data)
         self.cfg, self.t = cfg, cfg.trainer
         self.run_dir = Path(run_dir)
         self.on_epoch_end, self.progress = on_epoch_end, progress
@@ -122,11 +154,9 @@ class Trial:
     def pair_loader(self, split: str, pairs: int, seed: int) -> DataLoader:
         from .data import build_pair_loader
 
-        return build_pair_loader(self.cfg.data, split=split, template_size=self.t.template_size,
-                                 search_size=self.t.search_size, pairs_per_epoch=pairs,
+        return build_pair_loader(trial_data(self.cfg), split=split, pairs_per_epoch=pairs,
                                  batch_size=self.t.batch_size, num_workers=self.t.num_workers, seed=seed,
-                                 device=self.device, center_jitter=self.t.search_center_jitter,
-                                 scale_jitter=self.t.search_scale_jitter)
+                                 device=self.device)
 
     # ---- model ------------------------------------------------------------------------------------
     def build_model(self) -> StarkLightning:
@@ -151,6 +181,10 @@ class Trial:
 
     # ---- training ---------------------------------------------------------------------------------
     def train(self) -> StarkLightning:
+        with deterministic_algorithms(self.t.deterministic):
+            return self._train()
+
+    def _train(self) -> StarkLightning:
         model = self.build_model()
         optimizer = build_optimizer(model, self.t)
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, self.t.lr_step_epochs, self.t.lr_gamma)
@@ -181,7 +215,7 @@ class Trial:
                          seconds=time.perf_counter() - started)
             if batches is not None:
                 stats["val_iou"] = self.val_iou(model, batches["val"])
-            if self.on_epoch_end is not None:
+            if self.on_epoch_end is not None and self.t.report_every and (epoch + 1) % self.t.report_every == 0:
                 self.on_epoch_end(epoch + 1, stats)
             history.append(stats)
             save_checkpoint(self.checkpoint_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
@@ -289,11 +323,12 @@ def trunk_digest(model: StarkLightning) -> str:
 @torch.no_grad()
 def cached_trunk_features(trial: Trial, model: StarkLightning, trunk: str, split: str, pairs: int) -> TensorDataset:
     """Trunk outputs (the head's input) and target corners for a fixed set of pairs, computed once and kept
-    under runs/features/, keyed by the trunk weights' digest, the data, the crops (sizes, jitter), the pair count,
-    the seed and the model version."""
+    under runs/features/, keyed by the trunk weights' digest, what decides the pairs (readers, sampling, crops),
+    the pair count, the seed and the model version."""
+    from .data import pairs_key
+
     t = trial.t
-    key = config_key(trial.cfg.data, trunk, split, pairs, t.template_size, t.search_size, t.seed,
-                     t.search_center_jitter, t.search_scale_jitter, MODEL_VERSION)
+    key = config_key(pairs_key(trial_data(trial.cfg), split), trunk, split, pairs, t.seed, MODEL_VERSION)
     path = runs_root() / "features" / f"{split}-{key}.pt"
     if path.is_file():
         features, target = torch.load(path, weights_only=True)
@@ -319,13 +354,14 @@ def ensure_baseline_trunk(cfg: DictConfig, progress: bool = True) -> Path:
     concurrent sweeps; an interrupted trunk run resumes)."""
     from filelock import FileLock
 
-    trunk_cfg = copy.deepcopy(cfg)
-    OmegaConf.set_struct(trunk_cfg, False)
+    from .data import pairs_key
+
+    trunk_cfg = copy.deepcopy(cfg)  # struct mode stays on: a misspelt key here fails
     trunk_cfg.head = OmegaConf.structured(_baseline_head())
     t, recipe = trunk_cfg.trainer, trunk_cfg.trainer.baseline_trunk
     t.update({**OmegaConf.to_container(recipe), "fidelity": "full", "trunk": None})
-    key = config_key(trunk_cfg.model, trunk_cfg.head, trunk_cfg.data, recipe,  # model: crop sizes, frozen BN
-                     {k: t[k] for k in ("search_center_jitter", "search_scale_jitter")}, MODEL_VERSION)
+    key = config_key(trunk_cfg.model, trunk_cfg.head, pairs_key(trial_data(trunk_cfg), "train"),  # model: sizes, BN
+                     recipe, MODEL_VERSION)
     directory = runs_root() / "trunks" / key
     final = directory / "trunk.pt"
     directory.mkdir(parents=True, exist_ok=True)
@@ -351,9 +387,9 @@ def run_trial(cfg: DictConfig, run_dir: str | os.PathLike, on_epoch_end: Optiona
     from .evaluate import evaluate_model
 
     run_dir = Path(run_dir)
+    trial = Trial(cfg, run_dir, on_epoch_end=on_epoch_end, progress=progress)  # validates config and data first
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    trial = Trial(cfg, run_dir, on_epoch_end=on_epoch_end, progress=progress)
     started = time.perf_counter()
     model = trial.train()
     train_seconds = time.perf_counter() - started

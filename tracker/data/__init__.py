@@ -8,10 +8,12 @@ import importlib
 
 _EXPORTS = {
     "base": ("AnnotationError", "DatasetError", "DatasetNotFoundError", "FrameMissingError", "FramePaths",
-             "Sequence", "TrackingDataset", "load_image"),
+             "FrameUnreadableError", "Sequence", "TrackingDataset", "load_image"),
+    "check": ("check_dataset",),
     "coco": ("COCO",),
     "config": ("READERS", "DataConf", "DataConfigError", "build_pair_dataset", "build_pair_loader", "build_processing",
-               "build_reader", "build_sources", "build_train_loader", "resolve_root", "to_data_conf"),
+               "build_reader", "build_sources", "build_train_loader", "check_data", "pairs_key", "resolve_root",
+               "to_data_conf", "with_crops"),
     "got10k": ("GOT10k",),
     "lasot": ("LaSOT",),
     "processing": ("Crop", "CropSettings", "PairProcessing", "crop_image", "crop_region"),

@@ -6,6 +6,7 @@ visibility flag per frame. Annotations are parsed lazily, one sequence at a time
 from __future__ import annotations
 
 import functools
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,10 @@ class AnnotationError(DatasetError, ValueError):
 
 class FrameMissingError(DatasetError, FileNotFoundError):
     pass
+
+
+class FrameUnreadableError(DatasetError, OSError):
+    """A frame file that exists but does not decode (truncated, not an image)."""
 
 
 class FramePaths(Seq[Path]):
@@ -63,6 +68,7 @@ class Sequence:
     boxes: np.ndarray  # (N, 4) float64, x, y, w, h in pixels; NaN where the frame has no annotation
     visible: np.ndarray  # (N,) bool: the target is in view and its box is valid
     dataset: str = ""
+    annotation: Path | None = None  # the file the boxes come from, named in errors
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -72,12 +78,15 @@ class Sequence:
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """An RGB image; a missing file raises FrameMissingError naming it."""
+    """An RGB image; a missing file raises FrameMissingError, one that does not decode FrameUnreadableError,
+    both naming it (PIL's own errors name no file)."""
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
     except FileNotFoundError:
         raise FrameMissingError(f"frame {path} is missing") from None
+    except OSError as error:
+        raise FrameUnreadableError(f"frame {path} cannot be decoded: {error}") from None
 
 
 def valid_boxes(boxes: np.ndarray) -> np.ndarray:
@@ -125,6 +134,31 @@ def read_flags(path: Path, count: int) -> np.ndarray:
     return flags
 
 
+def count_frames(directory: Path, suffix: str = ".jpg") -> int:
+    """How many `suffix` files a frame directory holds (0 when it is missing)."""
+    try:
+        return sum(1 for entry in os.scandir(directory) if entry.name.endswith(suffix))
+    except FileNotFoundError:
+        return 0
+
+
+def box_count_error(annotation: Path, boxes: int, frames: int, directory: Path) -> AnnotationError:
+    return AnnotationError(f"{annotation}: {boxes} boxes for {frames} frames in {directory}")
+
+
+def read_labels(path: Path, boxes: np.ndarray, annotation: Path, frame_dir: Path) -> np.ndarray:
+    """`read_flags` for a label file beside a box file. When the counts disagree and the box file is the one
+    that does not match the frames on disk, the error names the box file: a short groundtruth is not the
+    label file's fault."""
+    try:
+        return read_flags(path, len(boxes))
+    except AnnotationError:
+        frames = count_frames(frame_dir)
+        if frames != len(boxes):
+            raise box_count_error(annotation, len(boxes), frames, frame_dir) from None
+        raise
+
+
 def read_lines(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
@@ -135,6 +169,7 @@ class TrackingDataset:
     name: ClassVar[str] = ""
     is_video: ClassVar[bool] = True  # False: each sequence is one still image (template and search alike)
     layout: ClassVar[str] = ""  # the on-disk layout, quoted in errors
+    splits: ClassVar[tuple[str, ...] | None] = None  # the `split` values it reads; None: any (checked on disk)
 
     def __init__(self, root: str | Path):
         if root is None or str(root) in ("", "None"):

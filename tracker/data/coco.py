@@ -30,7 +30,7 @@ class COCO(TrackingDataset):
             self._boxes = np.asarray([a["bbox"] for a in annotations], dtype=np.float64).reshape(-1, 4)
         except (ValueError, KeyError, TypeError) as error:
             raise AnnotationError(f"{path}: not a COCO instances file ({type(error).__name__}: {error})") from None
-        self._image_dir = self.root / split
+        self._image_dir, self._annotation = self.root / split, path
         self._set_names(select_sequences([str(a["id"]) for a in annotations], seq_list, self.name))
         self._rows = {str(a["id"]): i for i, a in enumerate(annotations)}
 
@@ -38,4 +38,5 @@ class COCO(TrackingDataset):
         name = self._names[index]
         row = self._rows[name]
         boxes = self._boxes[row:row + 1]
-        return Sequence(name, [self._image_dir / self._files[row]], boxes, valid_boxes(boxes), self.name)
+        return Sequence(name, [self._image_dir / self._files[row]], boxes, valid_boxes(boxes), self.name,
+                        self._annotation)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import (DatasetNotFoundError, FramePaths, Sequence, TrackingDataset, read_boxes, read_flags, read_lines,
+from .base import (DatasetNotFoundError, FramePaths, Sequence, TrackingDataset, read_boxes, read_labels, read_lines,
                    select_sequences, valid_boxes)
 
 SPLITS = {"train": "train", "val": "val", "test": "test", "vot-train": "train", "vot-val": "train"}
@@ -19,13 +19,14 @@ class GOT10k(TrackingDataset):
     are optional). On the test split only the first frame is annotated."""
 
     name = "got10k"
+    splits = tuple(SPLITS)
     layout = ("ROOT/{train,val,test}/list.txt and ROOT/<split>/<seq>/{00000001.jpg, ..., groundtruth.txt "
               "(x,y,w,h per line), absence.label, cover.label, cut_by_image.label, meta_info.ini}")
 
     def __init__(self, root: str | Path, split: str = "train", seq_list: str | Path | None = None):
         super().__init__(root)
-        if split not in SPLITS:
-            raise ValueError(f"{self.name}: split={split!r} is not allowed: one of {sorted(SPLITS)}")
+        if split not in self.splits:
+            raise ValueError(f"{self.name}: split={split!r} is not allowed: one of {list(self.splits)}")
         if split.startswith("vot-") and seq_list is None:
             raise ValueError(f"{self.name}: split={split} needs seq_list=FILE, STARK's got10k_{split.replace('-', '_')}"
                              f"_split.txt (sequence ids into train/list.txt)")
@@ -40,7 +41,8 @@ class GOT10k(TrackingDataset):
         if not seq_dir.is_dir():
             raise DatasetNotFoundError(f"{self.name}: sequence directory {seq_dir} is missing (listed in "
                                        f"{self.split_dir / 'list.txt'})")
-        boxes = read_boxes(seq_dir / "groundtruth.txt")
+        annotation = seq_dir / "groundtruth.txt"
+        boxes = read_boxes(annotation)
         if self.split == "test":  # only the first frame is annotated: count the images
             count = len(list(seq_dir.glob("*.jpg")))
             first = boxes[:1]
@@ -52,7 +54,7 @@ class GOT10k(TrackingDataset):
             visible = valid_boxes(boxes)
             absence, cover = seq_dir / "absence.label", seq_dir / "cover.label"
             if absence.exists():
-                visible &= read_flags(absence, len(boxes)) == 0
+                visible &= read_labels(absence, boxes, annotation, seq_dir) == 0
             if cover.exists():
-                visible &= read_flags(cover, len(boxes)) > 0
-        return Sequence(name, FramePaths(seq_dir, "{:08d}.jpg", len(boxes)), boxes, visible, self.name)
+                visible &= read_labels(cover, boxes, annotation, seq_dir) > 0
+        return Sequence(name, FramePaths(seq_dir, "{:08d}.jpg", len(boxes)), boxes, visible, self.name, annotation)

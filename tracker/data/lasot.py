@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import (DatasetNotFoundError, FramePaths, Sequence, TrackingDataset, read_boxes, read_flags,
+from .base import (DatasetNotFoundError, FramePaths, Sequence, TrackingDataset, read_boxes, read_labels,
                    select_sequences, valid_boxes)
 
 
@@ -13,6 +13,7 @@ class LaSOT(TrackingDataset):
     not fully occluded and not out of view."""
 
     name = "lasot"
+    splits = ("all",)  # no split of its own: seq_list narrows it
     layout = ("ROOT/<class>/<class>-<n>/{img/00000001.jpg, ..., groundtruth.txt (x,y,w,h per line), "
               "full_occlusion.txt, out_of_view.txt (one comma-separated line of 0/1)}")
 
@@ -32,10 +33,12 @@ class LaSOT(TrackingDataset):
         seq_dir = self.root / name.rsplit("-", 1)[0] / name
         if not seq_dir.is_dir():
             raise DatasetNotFoundError(f"{self.name}: sequence directory {seq_dir} is missing")
-        boxes = read_boxes(seq_dir / "groundtruth.txt")
+        annotation = seq_dir / "groundtruth.txt"
+        boxes = read_boxes(annotation)
         visible = valid_boxes(boxes)
         for flag_file in ("full_occlusion.txt", "out_of_view.txt"):
             path = seq_dir / flag_file
             if path.exists():
-                visible &= read_flags(path, len(boxes)) == 0
-        return Sequence(name, FramePaths(seq_dir / "img", "{:08d}.jpg", len(boxes)), boxes, visible, self.name)
+                visible &= read_labels(path, boxes, annotation, seq_dir / "img") == 0
+        return Sequence(name, FramePaths(seq_dir / "img", "{:08d}.jpg", len(boxes)), boxes, visible, self.name,
+                        annotation)

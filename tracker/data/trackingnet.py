@@ -16,13 +16,14 @@ class TrackingNet(TrackingDataset):
     Sequence names are `TRAIN_<k>/<seq>`."""
 
     name = "trackingnet"
+    splits = ("train", "test")
     layout = "ROOT/TRAIN_<k>/{frames/<seq>/0.jpg, 1.jpg, ..., anno/<seq>.txt (x,y,w,h per line)}, ROOT/TEST/..."
 
     def __init__(self, root: str | Path, split: str = "train", chunks: Iterable[int] | None = None,
                  seq_list: str | Path | None = None):
         super().__init__(root)
-        if split not in ("train", "test"):
-            raise ValueError(f"{self.name}: split={split!r} is not allowed: train or test")
+        if split not in self.splits:
+            raise ValueError(f"{self.name}: split={split!r} is not allowed: one of {list(self.splits)}")
         self.split = split
         if split == "test":
             chunk_dirs = [self._require(self.root / "TEST", "chunk")]
@@ -43,7 +44,8 @@ class TrackingNet(TrackingDataset):
     def _load(self, index: int) -> Sequence:
         name = self._names[index]
         chunk, seq = name.split("/", 1)
-        boxes = read_boxes(self.root / chunk / "anno" / f"{seq}.txt")
+        annotation = self.root / chunk / "anno" / f"{seq}.txt"
+        boxes = read_boxes(annotation)
         frame_dir = self.root / chunk / "frames" / seq
         if not frame_dir.is_dir():
             raise DatasetNotFoundError(f"{self.name}: frame directory {frame_dir} is missing")
@@ -52,4 +54,5 @@ class TrackingNet(TrackingDataset):
             first, boxes = boxes[:1], np.full((count, 4), np.nan)
             boxes[0] = first
         visible = valid_boxes(boxes)
-        return Sequence(name, FramePaths(frame_dir, "{}.jpg", len(boxes), start=0), boxes, visible, self.name)
+        return Sequence(name, FramePaths(frame_dir, "{}.jpg", len(boxes), start=0), boxes, visible, self.name,
+                        annotation)

@@ -1,0 +1,98 @@
+"""Config values mean what they say, and a bad one fails when the config is validated: the online tracker
+normalises as training does; the data group's dead loader and sampling fields are gone; splits, generator
+overrides, lr_gamma and unknown keys are refused up front. (Trial-level checks: tests/test_trial.py.)"""
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from data_layouts import make_got10k
+from tracker.config import ConfigError, compose
+from tracker.data import GOT10k, DataConfigError, build_processing, crop_image, crop_region, to_data_conf
+
+
+# ---- finding 1: the online tracker normalises with the training config's mean and std -------------------------
+def test_the_tracker_feeds_the_model_what_training_processing_gives(tmp_path, monkeypatch):
+    import tracker.evaluate
+
+    make_got10k(tmp_path, "val", {"GOT-10k_Val_000001": dict(boxes=[[10, 10, 20, 12]] * 3, absence=[0] * 3,
+                                                              cover=[8] * 3)})
+    texture = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)  # every channel differs
+    Image.fromarray(texture).save(tmp_path / "val" / "GOT-10k_Val_000001" / "00000001.jpg")
+    fed = {}
+
+    class Recorder:  # stands in for the deployed network: records the template it is given
+        def __init__(self, model, device):
+            self.template_size, self.search_size = model.template_size, model.search_size
+
+        def encode_template(self, pixels, mask):
+            fed.setdefault("template", pixels)
+
+        def track(self, pixels, mask, template):
+            return {"boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}
+
+    monkeypatch.setattr(tracker.evaluate, "DeployedTracker", Recorder)
+    model = types.SimpleNamespace(template_size=32, search_size=64)
+    base = ["trainer=tiny", "data=got10k", f"data.root={tmp_path}", f"data.cache_dir={tmp_path / 'cache'}",
+            "evaluation.static_baseline=false"]
+    templates = {}
+    for name, norm in (("imagenet", []), ("custom", ["data.processing.mean=[0.1,0.2,0.3]",
+                                                     "data.processing.std=[0.5,0.4,0.3]"])):
+        cfg = compose("train", [*base, *norm])
+        fed.clear()
+        tracker.evaluate.evaluate_model(model, cfg, tmp_path / name, torch.device("cpu"), progress=False)
+        templates[name] = fed["template"]
+    # what training's processing makes of the same crop
+    sequence = GOT10k(tmp_path, "val").sequence(0)
+    crop, _, _ = crop_image(sequence.image(0), *crop_region(sequence.boxes[0], 2.0), 32)
+    expected = build_processing(cfg.data).to_tensor(np.asarray(crop))[None]
+    assert to_data_conf(cfg.data).processing.mean == [0.1, 0.2, 0.3]
+    assert torch.equal(templates["custom"], expected)
+    assert not torch.allclose(templates["custom"], templates["imagenet"])
+
+
+
+# ---- finding 2: fields without effect are gone ------------------------------------------------------------
+@pytest.mark.parametrize("override", ["data.loader.batch_size=2", "data.loader.num_workers=1",
+                                      "data.sampling.pairs_per_epoch=4", "data.sampling.seed=3"])
+def test_the_data_groups_dead_loader_and_sampling_fields_are_refused(override):
+    """The trainer's recipe owns pair counts, seed, batch size and workers (trainer.*): the data group's copies
+    were overridden by every trial, so they are gone rather than silently ignored."""
+    with pytest.raises(Exception, match=override.split("=")[0].rsplit(".", 1)[-1]):
+        compose("train", [override])
+
+
+# ---- finding 3: bad values fail when the config is validated, before anything is written ----------------------
+def test_a_split_the_reader_does_not_offer_fails_when_the_config_is_validated():
+    with pytest.raises(DataConfigError, match=r"data.split=vall is not allowed: one of \['train', 'val'\]"):
+        compose("train", ["data.split=vall"])
+    with pytest.raises(DataConfigError, match=r"data.split=vall is not allowed: one of \['train', 'val', 'test'"):
+        compose("train", ["data=got10k", "data.split=vall"])
+    with pytest.raises(DataConfigError, match=r"data.sources.trackingnet.split=val is not allowed"):
+        compose("train", ["data=mix", "data.sources.trackingnet.split=val"])
+
+
+def test_a_generator_override_on_data_without_a_generator_names_the_key():
+    with pytest.raises(DataConfigError, match=r"data.generate.frames=12 is not allowed.*data.name=got10k"):
+        compose("train", ["data=got10k", "data.generate.frames=12"])
+    assert to_data_conf(compose("train", ["data=synthetic", "data.generate.frames=12"]).data).generate.frames == 12
+
+
+@pytest.mark.parametrize("override", ["trainer.lr_gamma=-0.5", "trainer.lr_gamma=0", "trainer.lr_gamma=1.5",
+                                      "trainer.baseline_trunk.lr_gamma=-0.5"])
+def test_lr_gamma_must_be_a_factor_in_0_1(override):
+    with pytest.raises(ConfigError, match=rf"{override.split('=')[0]}=.* is not allowed: a factor in \(0, 1\]"):
+        compose("train", [override])
+    compose("train", ["trainer.lr_gamma=1"])
+
+
+@pytest.mark.parametrize("override,key", [("+trainer.optimizer=sgd", "trainer.optimizer"),
+                                          ("+trainer.baseline_trunk.momentum=0.9", "trainer.baseline_trunk.momentum"),
+                                          ("+evaluation.window=true", "evaluation.window")])
+def test_unknown_keys_added_with_plus_are_refused(override, key):
+    with pytest.raises(ConfigError, match=rf"{key} is not a key of"):
+        compose("train", [override])
