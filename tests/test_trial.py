@@ -182,6 +182,26 @@ def test_evaluate_cli_rebuilds_the_model_from_its_checkpoint(workspace, tmp_path
     assert (tmp_path / "eval" / "results" / "model").is_dir()
 
 
+def test_evaluate_normalises_as_the_checkpoint_was_trained(workspace, tmp_path, monkeypatch):
+    import tracker.evaluate
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from tracker.checkpoint import save_checkpoint
+
+    trained = _cfg(workspace, "data.processing.mean=[0.5,0.5,0.5]", "data.processing.std=[0.25,0.25,0.25]")
+    ckpt = save_checkpoint(tmp_path / "last.pt", model=instantiate(trained.model).state_dict(),
+                           config=OmegaConf.to_container(trained, resolve=True, enum_to_str=True))
+    seen = {}
+    monkeypatch.setattr(tracker.evaluate, "evaluate_model",
+                        lambda model, cfg, *args, **kwargs: seen.update(cfg=cfg) or {"auc": 0.0})
+    cfg = compose("evaluate", [f"checkpoint={ckpt}", f"data.cache_dir={workspace / 'data'}", *TINY_DATA,
+                               f"output_dir={tmp_path / 'eval'}", "device=cpu"])
+    tracker.evaluate._main(cfg)
+    assert list(seen["cfg"].data.processing.mean) == [0.5] * 3
+    assert list(seen["cfg"].data.processing.std) == [0.25] * 3
+
+
 def test_train_cli_prints_json_last(workspace, tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "tracker.train", "trainer=tiny", "head=dsconv", "trainer.epochs=1",

@@ -203,7 +203,11 @@ def _main(cfg: DictConfig) -> None:
                          "(runs/train/<run>/checkpoints/last.pt) or STARK-Lightning's official "
                          "STARK_Lightning_X_trt_ep0500.pth.tar")
     device = resolve_device(cfg.device)
-    model, _ = load_model(cfg.checkpoint)
+    model, model_cfg = load_model(cfg.checkpoint)
+    trained = OmegaConf.select(model_cfg, "data.processing")
+    if trained is not None:  # the model sees crops normalised as in its training, whatever data it is scored on
+        for key in ("mean", "std"):
+            cfg.data.processing[key] = trained[key]
     out_dir = Path(cfg.output_dir or HydraConfig.get().runtime.output_dir)
     result = evaluate_model(model.to(device), cfg, out_dir, device, progress=cfg.progress)
     result["checkpoint"] = str(cfg.checkpoint)
