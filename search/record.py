@@ -36,6 +36,7 @@ class TrialAttr:
     DURATION_S = "duration_s"
     METRICS = "metrics"  # the flat scalar part of what the trial returned
     FAIL_REASON = "fail_reason"
+    ORPHANED = "orphaned"  # True: failed because its sweep process died (a reference one is asked again)
     PRUNE_REASON = "prune_reason"
     NOTE = "note"  # why a COMPLETE trial was settled as it was
 

@@ -116,8 +116,10 @@ def fail_orphans(study: optuna.Study, storage: Any) -> list[int]:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid, host = t.user_attrs.get(TrialAttr.PID), t.user_attrs.get(TrialAttr.HOST)
         if host == socket.gethostname() and isinstance(pid, int) and pid != os.getpid() and not _alive(pid):
-            storage.set_trial_user_attr(trial_id(storage, study.study_name, t.number), TrialAttr.FAIL_REASON,
+            number = trial_id(storage, study.study_name, t.number)
+            storage.set_trial_user_attr(number, TrialAttr.FAIL_REASON,
                                         f"its sweep process (pid {pid}) died while it ran")
+            storage.set_trial_user_attr(number, TrialAttr.ORPHANED, True)
             study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
             failed.append(t.number)
     return failed

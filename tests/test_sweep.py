@@ -347,6 +347,24 @@ def test_trials_left_running_by_a_dead_sweep_are_failed_on_resume(tmp_path):
     assert [t.state for t in study.trials[1:]] == [TrialState.COMPLETE] * 2
 
 
+def test_a_reference_whose_sweep_died_is_asked_again(tmp_path):
+    import socket
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    storage = open_storage(str(tmp_path / "s" / "journal.log"))
+    study = optuna.create_study(study_name="synthetic_tiny", storage=storage,
+                                directions=["maximize", "minimize", "minimize"])
+    orphan = study.ask()
+    for key, value in {"host": socket.gethostname(), "pid": dead.pid, "trained": True, "role": "baseline"}.items():
+        orphan.set_user_attr(key, value)
+    ok(sweep(tmp_path / "s", "hydra.sweeper.max_trials=4"))
+    study = load(tmp_path / "s")
+    baselines = [t for t in study.trials if t.user_attrs.get("role") == "baseline"]
+    assert [t.state for t in baselines] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert baselines[0].user_attrs["orphaned"] is True
+
+
 def test_real_trials_report_to_the_study_and_cost_matches_before_and_after_training(tmp_path):
     """search.sweep on tracker.train's real trial (tiny preset at head fidelity, a tiny generated data set):
     the references train, report their per-epoch val IoU to the single-objective study, and the MACs / parameters the

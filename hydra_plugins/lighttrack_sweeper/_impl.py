@@ -271,8 +271,10 @@ class SweeperImpl:
         return self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides) + extra)
 
     def _enqueue_references(self, study: optuna.Study, space: Space) -> None:
-        """Reference trials (the baseline, the user's head) go first, once per study."""
-        roles = {t.user_attrs.get(TrialAttr.ROLE) for t in study.get_trials(deepcopy=False)}
+        """Reference trials (the baseline, the user's head) go first, once per study; again if their sweep process
+        died under them (a killed `make sweep` must not leave its study without a baseline)."""
+        roles = {t.user_attrs.get(TrialAttr.ROLE) for t in study.get_trials(deepcopy=False)
+                 if not t.user_attrs.get(TrialAttr.ORPHANED)}
         for role, overrides in self.enqueue.items():
             if role in roles:
                 continue
