@@ -236,7 +236,7 @@ def test_the_trial_record_keeps_the_stored_names():
         "OVERRIDES": "overrides", "HOST": "host", "PID": "pid", "TRAINED": "trained", "HEAD": "head",
         "CONFIG_KEY": "config_key", "COST": "cost", "RUN_DIR": "run_dir", "DUPLICATE_OF": "duplicate_of",
         "DURATION_S": "duration_s", "METRICS": "metrics", "FAIL_REASON": "fail_reason",
-        "PRUNE_REASON": "prune_reason", "NOTE": "note"}
+        "PRUNE_REASON": "prune_reason", "NOTE": "note", "ORPHANED": "orphaned"}
     assert {k: v for k, v in vars(StudyAttr).items() if k.isupper()} == {
         "OBJECTIVES": "objectives", "BUDGET": "budget", "SPACE": "space", "RECIPE": "recipe",
         "SWEEP_PROCESSES": "sweep_processes"}
