@@ -328,36 +328,31 @@ def test_any_optuna_storage_url_and_objectives_fixed_per_study(tmp_path):
     assert len(optuna.load_study(study_name=name, storage=url).trials) == 3
 
 
-def test_trials_left_running_by_a_dead_sweep_are_failed_on_resume(tmp_path):
+def _orphan_of_a_dead_sweep(sweep_dir: Path, **attrs) -> int:
+    """A study whose first trial was left RUNNING by a sweep process that has exited; returns that pid."""
     import socket
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    storage = open_storage(str(tmp_path / "s" / "journal.log"))
-    study = optuna.create_study(study_name="synthetic_tiny", storage=storage,
+    study = optuna.create_study(study_name="synthetic_tiny", storage=open_storage(str(sweep_dir / "journal.log")),
                                 directions=["maximize", "minimize", "minimize"])
     orphan = study.ask()
-    orphan.set_user_attr("host", socket.gethostname())
-    orphan.set_user_attr("pid", dead.pid)
-    orphan.set_user_attr("trained", True)
+    for key, value in {"host": socket.gethostname(), "pid": dead.pid, "trained": True, **attrs}.items():
+        orphan.set_user_attr(key, value)
+    return dead.pid
+
+
+def test_trials_left_running_by_a_dead_sweep_are_failed_on_resume(tmp_path):
+    pid = _orphan_of_a_dead_sweep(tmp_path / "s")
     ok(sweep(tmp_path / "s", "hydra.sweeper.max_trials=3"))  # the orphan counts: it was launched
     study = load(tmp_path / "s")
     assert study.trials[0].state == TrialState.FAIL
-    assert study.trials[0].user_attrs["fail_reason"] == f"its sweep process (pid {dead.pid}) died while it ran"
+    assert study.trials[0].user_attrs["fail_reason"] == f"its sweep process (pid {pid}) died while it ran"
     assert [t.state for t in study.trials[1:]] == [TrialState.COMPLETE] * 2
 
 
 def test_a_reference_whose_sweep_died_is_asked_again(tmp_path):
-    import socket
-
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    storage = open_storage(str(tmp_path / "s" / "journal.log"))
-    study = optuna.create_study(study_name="synthetic_tiny", storage=storage,
-                                directions=["maximize", "minimize", "minimize"])
-    orphan = study.ask()
-    for key, value in {"host": socket.gethostname(), "pid": dead.pid, "trained": True, "role": "baseline"}.items():
-        orphan.set_user_attr(key, value)
+    _orphan_of_a_dead_sweep(tmp_path / "s", role="baseline")
     ok(sweep(tmp_path / "s", "hydra.sweeper.max_trials=4"))
     study = load(tmp_path / "s")
     baselines = [t for t in study.trials if t.user_attrs.get("role") == "baseline"]
