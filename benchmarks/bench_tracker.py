@@ -45,6 +45,7 @@ for path in (ROOT, ROOT / "benchmarks"):
 from heads import reparameterize  # noqa: E402
 from stark_reference import build_stark_reference  # noqa: E402
 from tracker.deploy import DeployedTracker  # noqa: E402
+from tracker.export import example_inputs  # noqa: E402
 from tracker.model import StarkLightning  # noqa: E402
 
 HEADS = {"repvgg": "the baseline (2 RepVGG blocks 128 wide, 3x3 predictor)",
@@ -65,19 +66,6 @@ def build_model(head: str, template_size: int, search_size: int, seed: int = 0) 
     cfg = compose("profile", [f"head={head}", f"model.template_size={template_size}",
                               f"model.search_size={search_size}"])
     return instantiate(cfg.model).eval()
-
-
-def example_inputs(model: StarkLightning, device: torch.device, seed: int = 1):
-    """Normalised crops with padding along two borders, as a target near the image's corner gives."""
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for size in (model.template_size, model.search_size):
-        image = torch.randn(1, 3, size, size, generator=gen)
-        mask = torch.zeros(1, size, size, dtype=torch.bool)
-        mask[:, : size // 5] = True
-        mask[:, :, size - size // 7:] = True
-        out += [image.to(device), mask.to(device)]
-    return out
 
 
 class Timed:
@@ -255,7 +243,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for head in args.heads:
             model = build_model(head, args.template_size, args.search_size)
-            inputs = example_inputs(model, device)
+            inputs = [t.to(device) for t in example_inputs(model).values()]  # template image + mask, search ...
             torch_timed = torch_paths(model, device, inputs, None if args.compile == "none" else args.compile, amp)
             for threads in args.threads:
                 torch.set_num_threads(threads)

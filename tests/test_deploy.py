@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from heads import CornerHead, reparameterize
-from test_model import _randomise_bn
+from model_helpers import randomise_bn as _randomise_bn
 from tracker.deploy import DeployedTracker, WinogradConvAct
 from tracker.evaluate import StarkTracker
 from tracker.model import StarkLightning

@@ -14,6 +14,8 @@ from tracker.checkpoint import CheckpointError, load_official_checkpoint, load_t
 from tracker.config import CONF_DIR, compose
 from tracker.model import StarkLightning
 
+from model_helpers import randomise_bn as _randomise_bn
+
 ROOT = CONF_DIR.parent
 SMALL = ["model.template_size=32", "model.search_size=64"]
 
@@ -23,15 +25,6 @@ def _inputs(batch=2, z=32, x=64):
     xm = torch.zeros(batch, x, x, dtype=torch.bool)
     xm[:, :, 40:] = True  # padding on the right of the search crop (nearest-downsampled: last feature column)
     return torch.randn(batch, 3, z, z), zm, torch.randn(batch, 3, x, x), xm
-
-
-def _randomise_bn(module):
-    for m in module.modules():
-        if hasattr(m, "running_var") and hasattr(m, "weight") and m.weight is not None:
-            m.running_mean.uniform_(-0.3, 0.3)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.3, 0.3)
 
 
 def test_parameter_counts_match_spec():
