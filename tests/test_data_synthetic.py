@@ -1,6 +1,7 @@
 """The embedded synthetic benchmark: GOT-10k layout, official toolkit compatibility, determinism, cache, CLI."""
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import tracker.data.synthetic as synthetic
 from tracker.data import GOT10k, SyntheticConfig, ensure_synthetic
 from tracker.data.synthetic import MARKER, PRESETS, generate, parse_args
 
@@ -132,3 +134,105 @@ def test_command_line(tmp_path):
     assert "RuntimeWarning" not in done.stderr
     bad = subprocess.run(args[:3] + ["colour=blue"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "colour" in bad.stderr
+
+
+# ----------------------------------------------------------------------------------------------- held-out sources
+
+HELD_OUT_TINY = dict(train_sequences=0, val_sequences=2, frames=4, width=64, height=64, workers=1, seed=7,
+                     difficulty="hard", sources="held_out")
+
+
+def test_default_key_is_unchanged():
+    """Caches and trunks on disk are keyed by it: `sources` enters the content only when not "default"."""
+    cfg = SyntheticConfig()
+    old_fields = ("train_sequences", "val_sequences", "frames", "seed", "width", "height", "jpeg_quality")
+    old_content = {"version": synthetic.GENERATOR_VERSION, **{f: getattr(cfg, f) for f in old_fields}, **cfg.knobs()}
+    assert cfg.content() == old_content and "sources" not in cfg.content()
+    assert cfg.key() == hashlib.sha1(json.dumps(old_content, sort_keys=True).encode()).hexdigest()[:12]
+    assert cfg.key() == "3abfcc7361c2"  # read before the option existed
+    held_out = SyntheticConfig(sources="held_out")
+    assert held_out.content()["sources"] == "held_out" and held_out.key() != cfg.key()
+
+
+def test_bad_sources_is_refused_naming_the_field():
+    with pytest.raises(ValueError, match=r"synthetic\.sources='x' is not allowed: one of \['default', 'held_out'\]"):
+        SyntheticConfig(sources="x")
+    with pytest.raises(ValueError, match="sources"):
+        parse_args(["sources=x"])
+    assert parse_args(["sources=held_out"]).sources == "held_out"
+
+
+def test_held_out_images_are_none_of_the_default_ones():
+    default, held_out = synthetic.SOURCES["default"], synthetic.SOURCES["held_out"]
+    assert default.colour == synthetic.COLOUR_IMAGES and default.gray == synthetic.GRAY_IMAGES
+    default_names = set(default.colour + default.gray)
+    held_out_names = set(held_out.colour + held_out.gray)
+    assert held_out_names and held_out_names.isdisjoint(default_names)
+    assert set(held_out.tinted_targets) <= set(held_out.gray)
+    # by pixels too: a name can alias another (skimage.data.cat is chelsea)
+    digest = lambda image: hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()  # noqa: E731
+    default_pixels = {digest(i) for images in synthetic.textures("default") for i in images}
+    colour, gray = synthetic.textures("held_out")
+    assert all(i.dtype == np.uint8 and i.ndim == 3 and i.shape[2] == 3 for i in colour)
+    assert all(i.dtype == np.uint8 and i.ndim == 2 for i in gray)
+    assert all(min(i.shape[:2]) >= 100 and i.std() > 9 for i in colour + gray)  # textured, not tiny
+    assert {digest(i) for i in colour + gray}.isdisjoint(default_pixels)
+
+
+def test_held_out_rendering_draws_only_held_out_images(monkeypatch):
+    loaded, asked, drawn = [], [], []
+    load, textures, source_image = synthetic._load, synthetic.textures, synthetic._source_image
+    monkeypatch.setattr(synthetic, "_load", lambda name: loaded.append(name) or load(name))
+    monkeypatch.setattr(synthetic, "textures", lambda source="default": asked.append(source) or textures(source))
+    monkeypatch.setattr(synthetic, "_source_image", lambda *a, **k: drawn.append(source_image(*a, **k)) or drawn[-1])
+    textures.cache_clear()  # load the images again, through the recording _load
+    cfg = SyntheticConfig(**{**HELD_OUT_TINY, "occlusion": 1.0})
+    for index in range(2):
+        synthetic.render_sequence(cfg, "val", index)
+    held_out = synthetic.SOURCES["held_out"]
+    assert set(asked) == {"held_out"}
+    assert loaded and set(loaded) <= set(held_out.colour + held_out.gray)
+    colour, gray = textures("held_out")
+    assert len(drawn) >= 4  # a target, a background and an occluder per sequence
+    for image in drawn:  # a held-out colour image itself, or a tinted held-out gray one
+        assert any(image is c for c in colour) or any(image.shape == (*g.shape, 3) for g in gray)
+
+
+def test_held_out_benchmark_for_evaluation_only(tmp_path):
+    cfg = SyntheticConfig(**HELD_OUT_TINY)
+    root = ensure_synthetic(cfg, tmp_path, progress=False)
+    assert root.name == f"synthetic-{cfg.key()}"
+    assert json.loads((root / MARKER).read_text())["sources"] == "held_out"
+    assert len(GOT10k(root, "train")) == 0
+    val = GOT10k(root, "val")
+    assert len(val) == 2
+    seq = val.sequence(1)
+    assert len(seq) == 4 and seq.image(0).size == (64, 64) and seq.visible[0]
+    # a different benchmark from the default sources' with the same knobs
+    default = generate(SyntheticConfig(**{**HELD_OUT_TINY, "sources": "default"}), tmp_path / "default",
+                       progress=False)
+    first = "val/GOT-10k_Val_000001/00000001.jpg"
+    assert (root / first).read_bytes() != (default / first).read_bytes()
+
+
+def test_synthetic_test_preset_evaluates_and_refuses_training(tmp_path, monkeypatch):
+    """conf/data/synthetic_test.yaml: the held-out benchmark, read for evaluation; it has nothing to train on."""
+    from tracker.config import compose
+    from tracker.data import build_pair_dataset, build_reader, check_data, to_data_conf
+
+    monkeypatch.setenv("LIGHTTRACK_SYNTHETIC_ROOT", str(tmp_path / "default-benchmark"))  # not read by it
+    preset = compose("train", ["data=synthetic_test"]).data
+    data = to_data_conf(preset)
+    assert data.root is None and data.split == "val"
+    generate_conf = data.generate
+    assert (generate_conf.train_sequences, generate_conf.val_sequences, generate_conf.seed) == (0, 25, 7)
+    assert (generate_conf.difficulty, generate_conf.sources) == ("hard", "held_out")
+    small = compose("train", ["data=synthetic_test", f"data.cache_dir={tmp_path}", "data.generate.val_sequences=2",
+                              "data.generate.frames=4", "data.generate.width=64", "data.generate.height=64",
+                              "data.generate.workers=1"]).data
+    check_data(small, train=False)  # what evaluation runs first
+    reader = build_reader(small)
+    assert reader.split == "val" and len(reader) == 2
+    assert reader.root.parent == tmp_path and reader.root.name == f"synthetic-{to_data_conf(small).generate.key()}"
+    with pytest.raises(ValueError, match="no sequence"):
+        build_pair_dataset(small, pairs_per_epoch=2)

@@ -7,7 +7,8 @@ textured background seen through a panning camera; a target cut from a natural i
 shape, moving with acceleration, changing scale, aspect and appearance; look-alike distractors cut from
 the same image; occluders that pass over it; illumination change, motion blur, sensor noise; and a
 target that leaves the frame for a few frames (absence.label). Each factor is a knob; `difficulty`
-(easy, medium, hard) sets them together and an explicit knob wins over the preset.
+(easy, medium, hard) sets them together and an explicit knob wins over the preset. `sources=held_out` builds
+scenes from other bundled images only (none of the default set's), for a held-out transfer benchmark.
 
 Every sequence draws from its own generator seeded by (seed, split, index): the same config writes
 byte-identical annotations whatever the number of worker processes. `ensure_synthetic` generates a config
@@ -27,7 +28,7 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, List, NamedTuple, Optional
 
 import numpy as np
 from PIL import Image
@@ -61,6 +62,7 @@ class SyntheticConfig:
     width: int = 320
     height: int = 240
     difficulty: str = "medium"
+    sources: str = "default"  # the scikit-image images scenes are cut from: a key of SOURCES
     jpeg_quality: int = 90
     workers: int = 0  # processes; 0: one per core. Does not change what is written
     object_size: Optional[List[float]] = None  # [min, max] of sqrt(w * h) at the start, times the short side
@@ -83,6 +85,8 @@ class SyntheticConfig:
 
         if self.difficulty not in PRESETS:
             raise bad("difficulty", self.difficulty, f"one of {sorted(PRESETS)}")
+        if self.sources not in SOURCES:
+            raise bad("sources", repr(self.sources), f"one of {sorted(SOURCES)}")
         for field in ("train_sequences", "val_sequences", "workers"):
             if getattr(self, field) < 0:
                 raise bad(field, getattr(self, field), ">= 0")
@@ -111,9 +115,13 @@ class SyntheticConfig:
         return values
 
     def content(self) -> dict[str, Any]:
-        """Everything that decides what is written (the cache key's input)."""
+        """Everything that decides what is written (the cache key's input). `sources` enters only when it is
+        not "default", so that the key of every config written before it existed is unchanged."""
         fields = ("train_sequences", "val_sequences", "frames", "seed", "width", "height", "jpeg_quality")
-        return {"version": GENERATOR_VERSION, **{f: getattr(self, f) for f in fields}, **self.knobs()}
+        content = {"version": GENERATOR_VERSION, **{f: getattr(self, f) for f in fields}, **self.knobs()}
+        if self.sources != "default":
+            content["sources"] = self.sources
+        return content
 
     def key(self) -> str:
         return hashlib.sha1(json.dumps(self.content(), sort_keys=True).encode()).hexdigest()[:12]
@@ -121,18 +129,48 @@ class SyntheticConfig:
 
 # ----------------------------------------------------------------------------------------------- textures
 
+class SourceImages(NamedTuple):
+    """scikit-image bundled images (skimage.data function names) a benchmark's scenes are cut from."""
+
+    colour: tuple[str, ...]  # targets, and 60 % of backgrounds and occluders
+    gray: tuple[str, ...]  # tinted: the other backgrounds and occluders
+    tinted_targets: tuple[str, ...] = ()  # images of `gray` also cut (tinted) into targets: too few colour ones
+
+
 COLOUR_IMAGES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "retina", "immunohistochemistry")
 GRAY_IMAGES = ("brick", "grass", "gravel", "camera", "moon", "coins", "cell", "clock", "page", "text")
+# held_out: every other image of the wheel (no download) that is textured and not a copy of a default one;
+# microaneurysms (low contrast, like moon or cell) only as a background or occluder, lfw_subset also as a
+# tinted target (two colour images only). Left out: cat (the same pixels as chelsea), stereo_motorcycle's
+# right view (the left one, shifted) and its disparity map (smooth), colorwheel (smooth gradients, no
+# texture), horse, binary_blobs, checkerboard, shepp_logan_phantom (binary or piecewise flat), brain, cells3d,
+# eagle, kidney, lily, skin, ... (downloaded, not in the wheel).
+SOURCES: dict[str, SourceImages] = {
+    "default": SourceImages(COLOUR_IMAGES, GRAY_IMAGES),
+    "held_out": SourceImages(("stereo_motorcycle", "logo"), ("lfw_subset", "microaneurysms"),
+                             tinted_targets=("lfw_subset",)),
+}
 
 
-@lru_cache(maxsize=1)
-def textures() -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
-    """(colour, gray) images from scikit-image's bundled data, uint8 (H, W, 3) and (H, W)."""
+def _load(name: str) -> np.ndarray:
+    """A bundled image as uint8 (H, W, 3) or (H, W), alpha dropped."""
     import skimage.data
 
-    colour = tuple(np.ascontiguousarray(getattr(skimage.data, n)()[..., :3]) for n in COLOUR_IMAGES)
-    gray = tuple(np.ascontiguousarray(getattr(skimage.data, n)()) for n in GRAY_IMAGES)
-    return colour, gray
+    if name == "stereo_motorcycle":
+        image = skimage.data.stereo_motorcycle()[0]  # the left view
+    elif name == "lfw_subset":  # 200 faces and non-faces of 25 x 25 pixels in [0, 1]: a 10 x 20 mosaic
+        image = (skimage.data.lfw_subset().reshape(10, 20, 25, 25).transpose(0, 2, 1, 3).reshape(250, 500)
+                 * 255 + 0.5).astype(np.uint8)
+    else:
+        image = getattr(skimage.data, name)()
+    return np.ascontiguousarray(image[..., :3] if image.ndim == 3 else image)
+
+
+@lru_cache(maxsize=None)
+def textures(source: str = "default") -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+    """(colour, gray) images of SOURCES[source], uint8 (H, W, 3) and (H, W)."""
+    images = SOURCES[source]
+    return tuple(_load(n) for n in images.colour), tuple(_load(n) for n in images.gray)
 
 
 def _tinted(gray: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -140,9 +178,17 @@ def _tinted(gray: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (gray[..., None] * tint).astype(np.uint8)
 
 
-def _source_image(rng: np.random.Generator, colour_only: bool = False) -> np.ndarray:
-    colour, gray = textures()
-    if colour_only or rng.random() < 0.6:
+def _source_image(rng: np.random.Generator, source: str = "default", colour_only: bool = False) -> np.ndarray:
+    """An image of SOURCES[source]: `colour_only` (a target): a colour one, or a tinted one of its
+    `tinted_targets`; else a colour one (60 %) or a tinted gray one."""
+    images = SOURCES[source]
+    colour, gray = textures(source)
+    if colour_only:  # with no tinted_targets, the same draws as colour[rng.integers(len(colour))]
+        i = int(rng.integers(len(colour) + len(images.tinted_targets)))
+        if i < len(colour):
+            return colour[i]
+        return _tinted(gray[images.gray.index(images.tinted_targets[i - len(colour)])], rng)
+    if rng.random() < 0.6:
         return colour[rng.integers(len(colour))]
     return _tinted(gray[rng.integers(len(gray))], rng)
 
@@ -349,7 +395,7 @@ def render_sequence(cfg: SyntheticConfig, split: str, index: int, out_dir: Path 
     n, W, H = cfg.frames, cfg.width, cfg.height
 
     # target: a shape cut from a natural image; size, aspect and texture window drift over time
-    target_img = _source_image(rng, colour_only=True)
+    target_img = _source_image(rng, cfg.sources, colour_only=True)
     aspect0 = math.exp(rng.uniform(-0.7, 0.7))
     window = _textured_window(target_img, rng, aspect0)
     shape, kind = _shape(rng)
@@ -368,7 +414,7 @@ def render_sequence(cfg: SyntheticConfig, split: str, index: int, out_dir: Path 
 
     # background seen through a panning camera
     pan_range = int(min(k["camera_pan"] * n * 0.5, max(W, H))) + 2
-    background_img = _source_image(rng)
+    background_img = _source_image(rng, cfg.sources)
     world_w, world_h = W + 2 * pan_range, H + 2 * pan_range
     bh, bw = background_img.shape[:2]
     zoom = max(world_w / bw, world_h / bh) * rng.uniform(1.0, 1.6)
@@ -414,7 +460,7 @@ def render_sequence(cfg: SyntheticConfig, split: str, index: int, out_dir: Path 
             s = sizes[t_mid].mean()
             thick, length = s * rng.uniform(0.3, 0.6), s * rng.uniform(1.6, 3.0)
             dims = (thick, length) if vertical else (length, thick)
-            bar_img = _source_image(rng)
+            bar_img = _source_image(rng, cfg.sources)
             bar = Sprite(bar_img, _textured_window(bar_img, rng, dims[0] / dims[1]), _shape(rng, 1)[0])
             pace = rng.uniform(1.5, 3.5) * rng.choice([-1, 1])
             offset = rng.uniform(-0.3, 0.3) * s
