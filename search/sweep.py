@@ -33,9 +33,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 def main() -> None:
-    import hydra
+    from tracker.app import hydra_app
 
-    hydra.main(config_path="../conf", config_name="sweep", version_base="1.3")(run)()
+    hydra_app(run, "sweep")()
 
 
 if __name__ == "__main__":

@@ -277,9 +277,9 @@ def _main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    import hydra
+    from .app import hydra_app
 
-    hydra.main(config_path="../conf", config_name="export", version_base="1.3")(_main)()
+    hydra_app(_main, "export")()
 
 
 if __name__ == "__main__":

@@ -127,9 +127,9 @@ def _main(cfg) -> None:
 
 
 def main() -> None:
-    import hydra
+    from .app import hydra_app
 
-    hydra.main(config_path="../conf", config_name="profile", version_base="1.3")(_main)()
+    hydra_app(_main, "profile")()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """LightTrack's Optuna sweeper for Hydra (`override hydra/sweeper: lighttrack`), on Optuna >= 4.
 
-Registers the sweeper's typed config and its sampler / pruner choices in Hydra's ConfigStore; the sweeper
-itself (lighttrack_sweeper.py) imports Optuna only when a sweep starts."""
-from .config import register
-
-register()
+Its typed config and its sampler / pruner choices (config.py) are registered in Hydra's ConfigStore only where
+LightTrack's configs are composed (hydra_plugins/lighttrack_schemas), so that no other Hydra app sees them; the
+sweeper itself (lighttrack_sweeper.py) imports Optuna only when a sweep starts."""
+# Imported (not registered) here, before Hydra's plugin scan reaches it: the scan executes a module it has not
+# seen before it puts it in sys.modules, and a dataclass of a module with `from __future__ import annotations`
+# cannot be built there (dataclasses looks the module up in sys.modules).
+from . import config  # noqa: F401
