@@ -125,3 +125,31 @@ def validate_head(cfg: Any) -> HeadSpec:
     if OmegaConf.is_config(cfg):
         cfg = OmegaConf.to_container(cfg, resolve=True)
     return HeadSpec(**cfg)
+
+
+_LABEL_FORMS = {"num_blocks": "x{}", "channels": "w{}", "activation": "{}", "kernel_size": "k{}",
+                "final_kernel_size": "f{}", "expansion": "e{}"}
+
+
+def head_label(head: Any) -> str:
+    """A short name built from every field of a head spec (a mapping): `dsconv x2 w64 relu6 k3 f1 no-bn`.
+    An option the block does not take is left out only at its default (where it cannot differ, see the module
+    docstring); any other field, one added later included, is printed, so two different heads never share a
+    label."""
+    head = {k: plain(v) for k, v in dict(head).items() if not str(k).startswith("_")}
+    block = head.pop("block", "?")
+    parts = [str(block)]
+    known = isinstance(block, str) and block in _blocks.BLOCKS
+    for field, value in head.items():
+        if field in BLOCK_OPTION_DEFAULTS and known and not _takes(block, field) \
+                and value == BLOCK_OPTION_DEFAULTS[field]:
+            continue
+        if field == "channels" and isinstance(value, (list, tuple)):
+            value = "-".join(map(str, value))
+        if field == "norm" and isinstance(value, bool):
+            parts.append("bn" if value else "no-bn")
+        elif field in _LABEL_FORMS:
+            parts.append(_LABEL_FORMS[field].format(value))
+        else:
+            parts.append(f"{field}={value}")
+    return " ".join(parts)

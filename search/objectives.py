@@ -103,3 +103,25 @@ def scalar_metrics(returned: Any) -> dict[str, Any]:
         elif isinstance(value, Real):
             out[str(key)] = float(value) if math.isfinite(float(value)) else str(value)
     return out
+
+
+def as_minimised(values: Any, objectives: Sequence[Objective]) -> "np.ndarray":
+    """(n, objectives) values as an array in which lower is better in every column."""
+    import numpy as np
+
+    signs = np.array([-1.0 if o.direction == "maximize" else 1.0 for o in objectives])
+    return np.asarray(values, dtype=float).reshape(-1, len(objectives)) * signs
+
+
+def dominates(a: Any, b: Any) -> "np.ndarray":
+    """For minimised points: a[i] dominates b[j] (no worse in every objective, better in one); (len a, len b)."""
+    import numpy as np
+
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return (a[:, None, :] <= b[None, :, :]).all(-1) & (a[:, None, :] < b[None, :, :]).any(-1)
+
+
+def non_dominated(values: Any, objectives: Sequence[Objective]) -> "np.ndarray":
+    """True for the points (rows of values, in the objectives' own directions) no other point dominates."""
+    points = as_minimised(values, objectives)
+    return ~dominates(points, points).any(0)

@@ -18,6 +18,18 @@ class Role:
     USER_HEAD = "user_head"  # the user's depthwise-separable head
 
 
+# the head preset (conf/head/<name>.yaml) each reference role runs: the sweeper enqueues `head=<preset>`, the
+# report finds a grid's references by what the preset composes to
+REFERENCE_HEADS = {Role.BASELINE: "repvgg", Role.USER_HEAD: "dsconv"}
+
+
+class Stage:
+    """Why a trial was asked: by the search, or to repeat an architecture with another seed."""
+
+    SEARCH = "search"
+    CONFIRM = "confirm"
+
+
 class TrialAttr:
     """Trial user attributes."""
 
@@ -30,6 +42,10 @@ class TrialAttr:
     TRAINED = "trained"  # launched (True) or settled without training (False)
     HEAD = "head"  # the resolved head spec, every field
     CONFIG_KEY = "config_key"  # identity of the resolved job config (duplicates share it)
+    SEED = "seed"  # the trial's trainer.seed: a repeat of an architecture differs from it in this alone
+    STAGE = "stage"  # a Stage (absent on trials of studies made before the confirmation stage: search)
+    CONFIRM_SEED = "confirm_seed"  # on a confirmation trial: the trainer.seed it runs the architecture with
+    REPEAT_OF = "repeat_of"  # on a confirmation trial: the trial whose overrides it repeats
     COST = "cost"  # cost figures before training (hydra.sweeper.cost)
     RUN_DIR = "run_dir"
     DUPLICATE_OF = "duplicate_of"  # the earlier trial whose result a duplicate took
@@ -49,6 +65,7 @@ class StudyAttr:
     SPACE = "space"
     RECIPE = "recipe"
     SWEEP_PROCESSES = "sweep_processes"
+    CONFIRM = "confirm"  # the confirmation stage's settings ({seeds, front, max_trials}): the report reads seeds
 
 
 _REASONS = {"FAIL": TrialAttr.FAIL_REASON, "PRUNED": TrialAttr.PRUNE_REASON}
@@ -69,6 +86,13 @@ def head_key(head: Mapping[str, Any]) -> str:
     return json.dumps(dict(head), sort_keys=True, default=str)
 
 
+def arch_key(head: Mapping[str, Any]) -> str:
+    """A short stable name for an architecture (the digest of head_key): the `arch` column of every table."""
+    import hashlib
+
+    return hashlib.sha1(head_key(head).encode()).hexdigest()[:10]
+
+
 def study_objectives(study: Any) -> list[Objective]:
     """The objectives a study was run with: as the sweeper stored them, else its metric names and
     directions, else the default ones (a study made by other means with the default's directions)."""
@@ -85,10 +109,11 @@ def study_objectives(study: Any) -> list[Objective]:
 
 
 def trial_row(trial: Any) -> dict[str, Any]:
-    """A frozen trial's record as one flat row: number, state, role, duration, run dir, duplicate, reason,
-    parameters (`param_*`), cost and metrics; the head spec under `head` (a dict) when recorded."""
+    """A frozen trial's record as one flat row: number, state, role, stage, seed, duration, run dir, duplicate,
+    reason, parameters (`param_*`), cost and metrics; the head spec under `head` (a dict) when recorded."""
     attrs = trial.user_attrs
     row: dict[str, Any] = {"trial": trial.number, "state": trial.state.name, "role": attrs.get(TrialAttr.ROLE),
+                           "stage": attrs.get(TrialAttr.STAGE, Stage.SEARCH), "seed": attrs.get(TrialAttr.SEED),
                            "duration_s": attrs.get(TrialAttr.DURATION_S), "run_dir": attrs.get(TrialAttr.RUN_DIR),
                            "duplicate_of": attrs.get(TrialAttr.DUPLICATE_OF), "reason": reason(attrs)}
     row.update({f"param_{k}": v for k, v in trial.params.items()})

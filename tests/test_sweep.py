@@ -26,7 +26,7 @@ def fake_task(cfg):
     (run_dir / "ran").write_text("trained")
     if os.environ.get("FAKE_FAIL") in ("all", head["activation"]):
         raise RuntimeError(f"fake failure for activation {head['activation']}")
-    quality = 0.3 + 0.4 * head["channels"] / 128 + 0.05 * head["num_blocks"] / 6
+    quality = 0.3 + 0.4 * head["channels"] / 128 + 0.05 * head["num_blocks"] / 6 + 0.001 * (cfg.trainer.seed % 7)
     reporter = epoch_reporter("val_iou")
     for epoch in (1, 2, 3):
         if reporter is not None:
@@ -53,8 +53,8 @@ from search.objectives import ObjectiveError, objective_values, parse_objectives
 from search.space import SpaceError, build_space, format_value  # noqa: E402
 from search.study import open_storage  # noqa: E402
 
-# tiny presets keep the composed configs cheap; the fake task never trains
-BASE = ["trainer=tiny"]
+# tiny presets keep the composed configs cheap; the fake task never trains; one seed unless a test asks for more
+BASE = ["trainer=tiny", "hydra.sweeper.confirm.seeds=1"]
 
 
 def sweep(sweep_dir: Path, *args: str, env: dict | None = None, background: bool = False):
@@ -216,7 +216,9 @@ def test_rerunning_resumes_the_same_study(tmp_path):
     assert [t.number for t in study.trials] == [0, 1, 2, 3, 4]
     assert Counter(t.user_attrs.get("role") for t in study.trials) == {"baseline": 1, "user_head": 1, None: 3}
     assert study.user_attrs["sweep_processes"] == 2
-    ok(sweep(tmp_path / "s", "hydra.sweeper.max_trials=5"))  # already there: nothing more to do
+    # already there: nothing more to do; settings that change no result are not part of the recipe
+    ok(sweep(tmp_path / "s", "hydra.sweeper.max_trials=5", "evaluation.batch_sequences=3",
+             f"data.cache_dir={tmp_path / 'elsewhere'}"))
     assert len(load(tmp_path / "s").trials) == 5
     # another recipe under the same study name would mix incomparable trials: refused, naming what changed
     changed = sweep(tmp_path / "s", "hydra.sweeper.max_trials=7", "trainer.epochs=3")
@@ -230,6 +232,61 @@ def test_rerunning_resumes_the_same_study(tmp_path):
     assert old.returncode != 0
     assert "trained with tracker model version 1, this code builds version" in old.stderr
     assert len(load(tmp_path / "s").trials) == 5
+
+
+def _seeds_by_arch(study: optuna.Study) -> dict:
+    from search.record import arch_key
+
+    seeds: dict = {}
+    for t in study.trials:
+        if t.state == TrialState.COMPLETE and not t.user_attrs.get("duplicate_of") is not None:
+            seeds.setdefault(arch_key(t.user_attrs["head"]), set()).add(t.user_attrs["seed"])
+    return seeds
+
+
+def test_confirmation_stage_repeats_the_front_and_references_with_new_seeds_and_tops_up(tmp_path):
+    args = ["hydra.sweeper.max_trials=5", "hydra.sweeper.confirm.front=2"]
+    result = sweep(tmp_path / "s", *args, "hydra.sweeper.confirm.seeds=3")
+    ok(result)
+    study = load(tmp_path / "s")
+    assert study.user_attrs["confirm"] == {"seeds": 3, "front": 2, "max_trials": None}
+    search = [t for t in study.trials if t.user_attrs["stage"] == "search"]
+    repeats = [t for t in study.trials if t.user_attrs["stage"] == "confirm"]
+    assert len(search) == 5 and all(t.state == TrialState.COMPLETE for t in study.trials)
+    first_seed = search[0].user_attrs["seed"]
+    for t in repeats:  # the first trial's overrides with another seed; a reference's repeat keeps its role
+        first = study.trials[t.user_attrs["repeat_of"]]
+        assert t.user_attrs["head"] == first.user_attrs["head"] and t.params == first.params
+        assert t.user_attrs["seed"] == t.user_attrs["confirm_seed"] != first.user_attrs["seed"]
+        assert f"trainer.seed={t.user_attrs['seed']}" in t.user_attrs["overrides"]
+        assert t.user_attrs.get("role") == first.user_attrs.get("role")
+        assert "repeat of trial" in result.stderr + result.stdout
+    assert "progress: search 5/5 · confirm 1/" in result.stderr + result.stdout  # a status line per trained trial
+    assert "· best auc " in result.stderr + result.stdout and "· front " in result.stderr + result.stdout
+    seeds = _seeds_by_arch(study)
+    confirmed = {a for a, s in seeds.items() if len(s) == 3}
+    roles = {t.user_attrs["role"] for t in repeats if t.user_attrs.get("role")}
+    assert roles == {"baseline", "user_head"} and 3 <= len(confirmed) <= 4  # 2 front members + the references
+    assert all(s == {first_seed, first_seed + 1, first_seed + 2} for a, s in seeds.items() if a in confirmed)
+    assert all(len(s) == 1 for a, s in seeds.items() if a not in confirmed)
+    # rerunning tops up: one more seed each; the same settings again add nothing
+    ok(sweep(tmp_path / "s", *args, "hydra.sweeper.confirm.seeds=4"))
+    study = load(tmp_path / "s")
+    assert {a for a, s in _seeds_by_arch(study).items() if len(s) == 4} >= confirmed
+    count = len(study.trials)
+    ok(sweep(tmp_path / "s", *args, "hydra.sweeper.confirm.seeds=4"))
+    assert len(load(tmp_path / "s").trials) == count
+    # a total budget for repeats
+    ok(sweep(tmp_path / "b", *args, "hydra.sweeper.confirm.seeds=3", "hydra.sweeper.confirm.max_trials=2"))
+    assert sum(t.user_attrs["stage"] == "confirm" for t in load(tmp_path / "b").trials) == 2
+
+
+@pytest.mark.parametrize("setting", ["seeds=0", "front=-1", "max_trials=-2", "seeds=true"])
+def test_bad_confirmation_settings_are_refused_before_any_trial(tmp_path, setting):
+    result = sweep(tmp_path / "s", "hydra.sweeper.max_trials=3", f"hydra.sweeper.confirm.{setting}")
+    assert result.returncode != 0
+    assert f"hydra.sweeper.confirm.{setting.split('=')[0]}=" in result.stderr + result.stdout
+    assert not (tmp_path / "s" / "trials").exists()
 
 
 def test_two_processes_share_one_study(tmp_path):
@@ -368,7 +425,7 @@ def test_real_trials_report_to_the_study_and_cost_matches_before_and_after_train
     cmd = [sys.executable, "-m", "search.sweep", "-m", "trainer=tiny", "trainer.fidelity=head",
            "hydra/sweeper=auc_budget", "hydra.sweeper.budget.head_macs=null", "hydra.sweeper.max_trials=2",
            "data.generate.train_sequences=4", "data.generate.val_sequences=2", "data.generate.frames=12",
-           "evaluation.max_sequences=2"]
+           "evaluation.max_sequences=2", "hydra.sweeper.confirm.seeds=1"]
     ok(subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600))
     study = load(tmp_path / "sweeps" / "synthetic_tiny_auc")
     assert [t.user_attrs["role"] for t in study.trials] == ["baseline", "user_head"]
@@ -432,7 +489,7 @@ def test_objective_names_are_the_figures_a_trial_returns():
     from tracker.metrics import METRICS
 
     assert set(METRICS) | {o.name for o in DEFAULT_OBJECTIVES} <= set(METRIC_NAMES)
-    assert set(head_cost(compose("train", BASE))) <= set(METRIC_NAMES)
+    assert set(head_cost(compose("train", ["trainer=tiny"]))) <= set(METRIC_NAMES)
     assert [o.name for o in parse_objectives([{"name": "sr50", "direction": "maximize"}])] == ["sr50"]
 
 

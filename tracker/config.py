@@ -1,7 +1,7 @@
 """Typed schemas for the tracker's config groups, and helpers that compose and validate configs.
 
-Schemas are registered in Hydra's ConfigStore by `hydra_plugins/lighttrack_schemas`, which Hydra imports
-at start-up, so every app (and `compose()` in tests) sees them.
+The group presets extend these schemas (`defaults: - trainer_schema`); `hydra_plugins/lighttrack_schemas`
+provides them to Hydra only while LightTrack's configs are composed (no other Hydra app sees them).
 """
 from __future__ import annotations
 
@@ -162,6 +162,9 @@ class EvaluationConf:
     margin: int = 10  # boxes are clipped to keep this many pixels inside the image
     max_sequences: Optional[int] = None  # the first N sequences of the split (null: all)
     static_baseline: bool = True  # also score the static-box tracker on the same sequences
+    # sequences tracked in lockstep, one network call per frame for all (the same boxes up to float rounding);
+    # above 1, fps is throughput, not the online tracker's latency (model_latency_ms in the profile is that)
+    batch_sequences: int = 1
 
     def __post_init__(self) -> None:
         for name in ("template_factor", "search_factor"):
@@ -169,6 +172,8 @@ class EvaluationConf:
                 raise ConfigError(f"evaluation.{name}={getattr(self, name)} is not allowed: a number > 0")
         if self.margin < 0:
             raise ConfigError(f"evaluation.margin={self.margin} is not allowed: an integer >= 0")
+        if self.batch_sequences < 1:
+            raise ConfigError(f"evaluation.batch_sequences={self.batch_sequences} is not allowed: an integer >= 1")
         if self.max_sequences is not None and self.max_sequences < 1:
             raise ConfigError(f"evaluation.max_sequences={self.max_sequences} is not allowed: null or >= 1")
 
@@ -207,8 +212,22 @@ def compose(config_name: str, overrides: Sequence[str] = (), config_dir: str | P
     overrides = list(overrides)
     if config_dir is not None:  # like `--config-dir DIR`: the primary config in DIR, groups from conf/ too
         overrides.append(f"hydra.searchpath=[file://{CONF_DIR}]")
+    os.environ.setdefault("LIGHTTRACK_RUNS", str(runs_root()))  # as the apps do (tracker/app.py)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(Path(config_dir or CONF_DIR).resolve()), version_base="1.3"):
         cfg = hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=return_hydra_config)
     validate(cfg if not return_hydra_config else OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
     return cfg
+
+
+def head_preset(name: str) -> dict[str, Any]:
+    """The head a `conf/head/<name>.yaml` preset composes to, every field (read without a Hydra app, so the
+    report can find a grid's reference heads by what the presets say, not by a copy of them)."""
+    from heads.spec import HeadSpec
+
+    path = CONF_DIR / "head" / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"head={name!r} is not a head preset: {sorted(p.stem for p in path.parent.glob('*.yaml'))}")
+    values = {k: v for k, v in OmegaConf.to_container(OmegaConf.load(path)).items() if k != "defaults"}
+    merged = OmegaConf.merge(OmegaConf.structured(HeadSpec), values)
+    return OmegaConf.to_container(merged, resolve=True, enum_to_str=True)

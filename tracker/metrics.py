@@ -442,6 +442,20 @@ def score_directories(cfg: Any, output_dir: str | os.PathLike) -> dict[str, Any]
     return result
 
 
+PER_SEQUENCE_FILE = "per_sequence.csv"  # one row per (tracker, sequence): the report's bootstrap reads it
+
+
+def read_per_sequence(directory: str | os.PathLike, tracker: str = "model") -> Optional[pd.Series]:
+    """One tracker's per-sequence AUCs (index: sequence name) from a folder `write_report` wrote; None when
+    there is none."""
+    path = Path(directory) / PER_SEQUENCE_FILE
+    if not path.is_file():
+        return None
+    table = pd.read_csv(path)
+    rows = table[table["tracker"] == tracker]
+    return None if rows.empty else rows.set_index("sequence")["auc"].astype(float)
+
+
 def write_report(scores: Mapping[str, Scores], out: str | os.PathLike, data_name: str, plots: bool = True
                  ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """Success / precision plots of every tracker and `per_sequence.csv` into `out`; returns the summaries
@@ -457,7 +471,7 @@ def write_report(scores: Mapping[str, Scores], out: str | os.PathLike, data_name
                                                       f"Normalised precision plot on {data_name}", True))}
     table = pd.concat([s.per_sequence().assign(tracker=name) for name, s in scores.items()], ignore_index=True)
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "per_sequence.csv") as tmp:
+    with atomic_path(out / PER_SEQUENCE_FILE) as tmp:
         table[["tracker", "sequence", *METRICS]].to_csv(tmp, index=False, float_format="%.4f")
     return summaries, paths
 
@@ -472,9 +486,9 @@ def _main(cfg: Any) -> None:
 
 
 def main() -> None:
-    import hydra
+    from .app import hydra_app
 
-    hydra.main(config_path="../conf", config_name="metrics", version_base="1.3")(_main)()
+    hydra_app(_main, "metrics")()
 
 
 if __name__ == "__main__":

@@ -28,9 +28,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
-from search.objectives import (ObjectiveError, objective_entries, objective_values, parse_objectives,
-                               scalar_metrics)
-from search.record import StudyAttr, TrialAttr, reason_attr
+from search.objectives import (ObjectiveError, non_dominated, objective_entries, objective_values,
+                               parse_objectives, scalar_metrics)
+from search.record import Stage, StudyAttr, TrialAttr, arch_key, reason_attr
 from search.space import Space, build_space, format_value, merge_overrides
 from search.study import (INTERMEDIATE_FIDELITIES, INTERMEDIATE_KEY, StorageError, fail_orphans, forget,
                           local_lock, open_storage, owner_attrs, remember, storage_location)
@@ -115,6 +115,22 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, A
     return [] if old == new else [(prefix.rstrip("."), old, new)]
 
 
+# recipe settings that change no result: where generated data is cached, how many sequences are tracked in
+# lockstep (the same boxes); a study stored with them (older code) compares without them
+NO_EFFECT = (("data", "cache_dir"), ("evaluation", "batch_sequences"))
+
+
+def _without_settings_of_no_effect(recipe: dict) -> dict:
+    recipe = json.loads(json.dumps(recipe))
+    for group, key in NO_EFFECT:
+        if isinstance(recipe.get(group), dict):
+            recipe[group].pop(key, None)
+    generate = (recipe.get("data") or {}).get("generate")
+    if isinstance(generate, dict) and generate.get("sources") == "default":  # older studies predate the option
+        generate.pop("sources")
+    return recipe
+
+
 def _budget(budget: Any) -> dict[str, float]:
     """The configured upper bounds (null ones dropped); a bound below 0 would prune every candidate."""
     bounds = {}
@@ -139,7 +155,8 @@ def _short(value: Any) -> str:
 class SweeperImpl:
     def __init__(self, sampler: Any, pruner: Any, study_name: str, storage: Optional[str], objectives: Any,
                  space: Any, n_trials: Optional[int], max_trials: Optional[int], n_jobs: Optional[int], seed: int,
-                 cost: Any, budget: Any, enqueue: Any, max_settled: int = 200, trial: Optional[int] = None) -> None:
+                 cost: Any, budget: Any, enqueue: Any, max_settled: int = 200, trial: Optional[int] = None,
+                 confirm: Any = None) -> None:
         self.sampler_cfg, self.pruner_cfg = sampler, pruner
         self.study_name, self.storage = study_name, storage
         try:
@@ -153,6 +170,14 @@ class SweeperImpl:
         self.cost_cfg = cost
         self.budget = _budget(budget)
         self.enqueue = {str(k): list(v) for k, v in dict(enqueue or {}).items()}
+        self.confirm = {"seeds": 1, "front": 4, "max_trials": None, **dict(confirm or {})}
+        for name, value in self.confirm.items():
+            if name not in ("seeds", "front", "max_trials"):
+                raise SweepConfigError(f"hydra.sweeper.confirm.{name} is not a setting: seeds, front, max_trials")
+            if (value is not None or name != "max_trials") and (
+                    isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "max_trials" else 1)):
+                raise SweepConfigError(f"hydra.sweeper.confirm.{name}={value!r} is not allowed: "
+                                       + ("null or an integer >= 0" if name == "max_trials" else "an integer >= 1"))
         for name in ("n_trials", "max_trials", "n_jobs", "max_settled"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -229,8 +254,9 @@ class SweeperImpl:
             study.set_user_attr(StudyAttr.BUDGET, self.budget)
             study.set_user_attr(StudyAttr.SPACE, {d.name: repr(d.distribution) for d in space.dimensions})
             study.set_user_attr(StudyAttr.RECIPE, recipe)
-        elif StudyAttr.RECIPE in study.user_attrs and study.user_attrs[StudyAttr.RECIPE] != recipe:
-            changed = _differences(study.user_attrs[StudyAttr.RECIPE], recipe)
+        elif StudyAttr.RECIPE in study.user_attrs and \
+                _without_settings_of_no_effect(study.user_attrs[StudyAttr.RECIPE]) != recipe:
+            changed = _differences(_without_settings_of_no_effect(study.user_attrs[StudyAttr.RECIPE]), recipe)
             old_version = study.user_attrs[StudyAttr.RECIPE].get("model_version", 1)
             raise SweepConfigError(
                 f"study {self.study_name!r} in {self.location} was run with another recipe: "
@@ -240,6 +266,7 @@ class SweeperImpl:
                 + (f" (and {len(changed) - 5} more)" if len(changed) > 5 else "")
                 + ". Its trials would not compare with new ones: set hydra.sweeper.study_name=<new name> "
                 "(or delete the study's folder to start it again)")
+        study.set_user_attr(StudyAttr.CONFIRM, dict(self.confirm))
         index = int(study.user_attrs.get(StudyAttr.SWEEP_PROCESSES, 0))
         study.set_user_attr(StudyAttr.SWEEP_PROCESSES, index + 1)
         # each process gets its own deterministic stream, so concurrent sweeps do not propose the same trials
@@ -264,7 +291,7 @@ class SweeperImpl:
         if isinstance(task.get("model"), dict):
             task["model"].pop("head", None)
         task["model_version"] = MODEL_VERSION
-        return json.loads(json.dumps(task, default=str))
+        return _without_settings_of_no_effect(json.loads(json.dumps(task, default=str)))
 
     def _compose(self, overrides: Sequence[str], number: Optional[int] = None) -> DictConfig:
         extra = [] if number is None else [f"hydra.sweeper.trial={number}"]
@@ -305,41 +332,50 @@ class SweeperImpl:
                  len(study.trials), [f"{o.direction[:3]} {o.name}" for o in self.objectives],
                  [d.name for d in space.dimensions])
         self.states: Counter = Counter()
-        launched = settled_in_a_row = 0
+        self.launched = 0
         try:
-            while True:
-                batch: list[Job] = []
-                deferred: list[tuple[optuna.Trial, Job]] = []
-                while len(batch) < self.n_jobs and (self.n_trials is None or launched < self.n_trials):
-                    if settled_in_a_row >= self.max_settled:
-                        log.warning("stopping: the last %d candidates were all settled without training (over "
-                                    "budget or duplicates); widen the space or the budget", settled_in_a_row)
-                        break
-                    with local_lock(self.location):
-                        if not self._room(study):
-                            break
-                        trial = study.ask()
-                        job = self._prepare(study, trial, space, batch, deferred)
-                        if job is not None:
-                            trial.set_user_attr(TrialAttr.TRAINED, True)
-                    if job is not None:
-                        batch.append(job)
-                        launched, settled_in_a_row = launched + 1, 0
-                    elif trial.user_attrs.get(TrialAttr.FAIL_REASON):  # rejected configs count: a broken space ends
-                        launched += 1
-                    else:
-                        settled_in_a_row += 1
-                if not batch and not deferred:
-                    break
-                self._run(study, batch)
-                for trial, original in deferred:
-                    self._settle_duplicate(study, trial, study.trials[original.trial.number], time.perf_counter())
+            self._loop(study, space, self._room)
+            if self.confirm["seeds"] > 1:
+                self._loop(study, space, self._confirmation_room)
         finally:
             forget(self.location)
         self._summary(study)
         return [(t.number, t.state.name) for t in study.trials]
 
+    def _loop(self, study: optuna.Study, space: Space, room: Callable[[optuna.Study], bool]) -> None:
+        """Asks, prepares and launches trials in batches of n_jobs while `room(study)` says so (it runs under the
+        study's lock, just before each ask)."""
+        settled_in_a_row = 0
+        while True:
+            batch: list[Job] = []
+            deferred: list[tuple[optuna.Trial, Job]] = []
+            while len(batch) < self.n_jobs and (self.n_trials is None or self.launched < self.n_trials):
+                if settled_in_a_row >= self.max_settled:
+                    log.warning("stopping: the last %d candidates were all settled without training (over "
+                                "budget or duplicates); widen the space or the budget", settled_in_a_row)
+                    break
+                with local_lock(self.location):
+                    if not room(study):
+                        break
+                    trial = study.ask()
+                    job = self._prepare(study, trial, space, batch, deferred)
+                    if job is not None:
+                        trial.set_user_attr(TrialAttr.TRAINED, True)
+                if job is not None:
+                    batch.append(job)
+                    self.launched, settled_in_a_row = self.launched + 1, 0
+                elif trial.user_attrs.get(TrialAttr.FAIL_REASON):  # rejected configs count: a broken space ends
+                    self.launched += 1
+                else:
+                    settled_in_a_row += 1
+            if not batch and not deferred:
+                return
+            self._run(study, batch)
+            for trial, original in deferred:
+                self._settle_duplicate(study, trial, study.trials[original.trial.number], time.perf_counter())
+
     def _room(self, study: optuna.Study) -> bool:
+        """The search stage: until the grid is exhausted or max_trials trained (confirmation trials not counted)."""
         if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study) and \
                 not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             log.info("the grid is exhausted")
@@ -347,26 +383,89 @@ class SweeperImpl:
         if self.max_trials is None:
             return True
         counted = [t for t in study.get_trials(deepcopy=False, states=FINISHED + (TrialState.RUNNING,))
-                   if t.user_attrs.get(TrialAttr.TRAINED) or t.state == TrialState.FAIL]
+                   if (t.user_attrs.get(TrialAttr.TRAINED) or t.state == TrialState.FAIL)
+                   and t.user_attrs.get(TrialAttr.STAGE) != Stage.CONFIRM]
         return len(counted) < self.max_trials
+
+    # -- the confirmation stage ----------------------------------------------------------------------------
+    def _confirmation_room(self, study: optuna.Study) -> bool:
+        """Enqueues the repeats still missing (the front may change as seeds arrive), then: is one waiting?"""
+        self._plan_confirmation(study)
+        return any(t.user_attrs.get(TrialAttr.STAGE) == Stage.CONFIRM
+                   for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+    def _plan_confirmation(self, study: optuna.Study) -> list[int]:
+        """Enqueues, for the `confirm.front` most accurate non-dominated architectures (on their means over
+        seeds) and the references, the seeds they lack to reach `confirm.seeds`, within `confirm.max_trials`.
+        A seed counts once it is complete, running, waiting or failed (a failed repeat is not retried)."""
+        trials = study.get_trials(deepcopy=False)
+        confirm_trials = [t for t in trials if t.user_attrs.get(TrialAttr.STAGE) == Stage.CONFIRM]
+        left = None if self.confirm["max_trials"] is None else \
+            self.confirm["max_trials"] - len(confirm_trials)
+        groups: dict[str, list[FrozenTrial]] = {}
+        for t in trials:
+            head = t.user_attrs.get(TrialAttr.HEAD)
+            if head is None or t.user_attrs.get(TrialAttr.DUPLICATE_OF) is not None:
+                continue
+            if t.state == TrialState.COMPLETE or t.user_attrs.get(TrialAttr.STAGE) == Stage.CONFIRM:
+                groups.setdefault(arch_key(head), []).append(t)
+        done = {a: [t for t in ts if t.state == TrialState.COMPLETE and t.values] for a, ts in groups.items()}
+        done = {a: ts for a, ts in done.items() if ts}
+        if not done:
+            return []
+        archs = list(done)
+        means = [[sum(t.values[i] for t in done[a]) / len(done[a]) for i in range(len(self.objectives))]
+                 for a in archs]
+        mask = non_dominated(means, self.objectives)
+        sign = -1.0 if self.objectives[0].direction == "maximize" else 1.0
+        front = sorted((a for a, m in zip(archs, mask) if m), key=lambda a: sign * means[archs.index(a)][0])
+        chosen = front[: self.confirm["front"]]
+        chosen += [a for a in archs if a not in chosen and any(t.user_attrs.get(TrialAttr.ROLE) for t in done[a])]
+        enqueued = []
+        for arch in chosen:
+            first = min(done[arch], key=lambda t: t.number)
+            seeds = {t.user_attrs.get(TrialAttr.SEED) for t in groups[arch]}
+            base = first.user_attrs.get(TrialAttr.SEED) or 0
+            missing = [base + i for i in range(1, 100 * self.confirm["seeds"]) if base + i not in seeds]
+            for seed in missing[: max(self.confirm["seeds"] - len(seeds), 0)]:
+                if left is not None and left <= 0:
+                    return enqueued
+                study.enqueue_trial(dict(first.params), user_attrs={
+                    TrialAttr.STAGE: Stage.CONFIRM, TrialAttr.CONFIRM_SEED: seed, TrialAttr.REPEAT_OF: first.number,
+                    **({TrialAttr.ROLE: first.user_attrs[TrialAttr.ROLE]} if first.user_attrs.get(TrialAttr.ROLE)
+                       else {})})
+                seeds.add(seed)
+                enqueued.append(seed)
+                left = None if left is None else left - 1
+        if enqueued:
+            log.info("confirmation stage: %d repeat(s) enqueued (%d seeds per architecture, %d front member(s) "
+                     "and the references)", len(enqueued), self.confirm["seeds"], len(chosen))
+        return enqueued
 
     def _prepare(self, study: optuna.Study, trial: optuna.Trial, space: Space, batch: list[Job],
                  deferred: list) -> Optional[Job]:
         """Suggest, compose and cost one trial; settle it here when that is enough (returns None)."""
         started = time.perf_counter()
         role = trial.user_attrs.get(TrialAttr.ROLE)
-        if role is not None:
+        stage = trial.user_attrs.get(TrialAttr.STAGE, Stage.SEARCH)
+        if stage == Stage.CONFIRM:  # a repeat: the first trial's overrides with another seed
+            first = study.trials[trial.user_attrs[TrialAttr.REPEAT_OF]]
+            params = space.suggest(trial, only=list(first.params))
+            overrides = merge_overrides(first.user_attrs[TrialAttr.OVERRIDES],
+                                        [f"trainer.seed={trial.user_attrs[TrialAttr.CONFIRM_SEED]}"])
+        elif role is not None:
             params = space.suggest(trial, only=trial.user_attrs.get(TrialAttr.REFERENCE_PARAMS, []))
             overrides = merge_overrides(space.fixed, trial.user_attrs[TrialAttr.REFERENCE_OVERRIDES])
         else:
             params = space.suggest(trial)
             overrides = space.overrides(params)
-        for k, v in {TrialAttr.OVERRIDES: overrides, **owner_attrs()}.items():
+        for k, v in {TrialAttr.OVERRIDES: overrides, TrialAttr.STAGE: stage, **owner_attrs()}.items():
             trial.set_user_attr(k, v)
         try:
             cfg = self._compose(overrides, trial.number)
             task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
             key = config_key(task)
+            trial.set_user_attr(TrialAttr.SEED, OmegaConf.select(task, "trainer.seed", default=None))
             if "head" in task:
                 trial.set_user_attr(TrialAttr.HEAD, OmegaConf.to_container(task.head, resolve=True, enum_to_str=True))
             cost = self.cost_fn(cfg) if self.cost_fn else {}
@@ -378,7 +477,7 @@ class SweeperImpl:
         trial.set_user_attr(TrialAttr.CONFIG_KEY, key)
         trial.set_user_attr(TrialAttr.COST, cost)
         trial.set_user_attr(TrialAttr.RUN_DIR, run_dir)
-        if role is None:
+        if role is None and stage == Stage.SEARCH:  # references and repeats are exempt
             over = self._over_budget(cost)
             if over:
                 self._tell(study, trial, params, role, TrialState.PRUNED, started,
@@ -493,6 +592,9 @@ class SweeperImpl:
         shown = " ".join(f"{k}={format_value(v)}" for k, v in params.items()) or "(no parameters)"
         if role:
             shown = f"[{role}] " + " ".join(trial.user_attrs.get(TrialAttr.OVERRIDES, []))
+        if trial.user_attrs.get(TrialAttr.STAGE) == Stage.CONFIRM:
+            shown = (f"[repeat of trial {trial.user_attrs.get(TrialAttr.REPEAT_OF)}, seed "
+                     f"{trial.user_attrs.get(TrialAttr.CONFIRM_SEED)}] " + shown)
         figures = dict(trial.user_attrs.get(TrialAttr.COST, {}))
         figures.update(trial.user_attrs.get(TrialAttr.METRICS, {}))
         if values is not None:
@@ -503,6 +605,36 @@ class SweeperImpl:
         if reason:
             line += f" | {reason}"
         (log.warning if state == TrialState.FAIL else log.info)(line)
+        if trial.user_attrs.get(TrialAttr.TRAINED):
+            log.info(self._progress(study))
+
+    def _progress(self, study: optuna.Study) -> str:
+        """`search 7/14 · confirm 2/6 · ETA 6 min · best auc 30.6 · front 3`: where the sweep stands after a
+        trained trial (ETA from this process's mean trial time; the confirmation stage's size is what is
+        queued now: the front may still change it)."""
+        trials = study.get_trials(deepcopy=False)
+        trained = [t for t in trials if t.user_attrs.get(TrialAttr.TRAINED) and t.state in FINISHED]
+        search = sum(t.user_attrs.get(TrialAttr.STAGE, Stage.SEARCH) == Stage.SEARCH for t in trained)
+        confirm_done = len(trained) - search
+        confirm_queued = sum(t.user_attrs.get(TrialAttr.STAGE) == Stage.CONFIRM and t.state == TrialState.WAITING
+                             for t in trials)
+        parts = [f"search {search}/{self.max_trials}" if self.max_trials else f"search {search}"]
+        if self.confirm["seeds"] > 1:
+            parts.append(f"confirm {confirm_done}/{confirm_done + confirm_queued}" if confirm_queued or confirm_done
+                         else f"confirm: {self.confirm['seeds']} seeds after the search")
+        durations = [t.user_attrs[TrialAttr.DURATION_S] for t in trained if TrialAttr.DURATION_S in t.user_attrs]
+        left = (max(self.max_trials - search, 0) if self.max_trials else 0) + confirm_queued
+        if durations and left:
+            eta = left * sum(durations) / len(durations) / max(self.n_jobs or 1, 1)
+            parts.append(f"ETA {eta / 60:.0f} min" if eta >= 90 else f"ETA {eta:.0f} s")
+        complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
+        if complete:
+            first = self.objectives[0]
+            values = [t.values[0] for t in complete]
+            parts.append(f"best {first.name} {_short(max(values) if first.direction == 'maximize' else min(values))}")
+            if self.multi:
+                parts.append(f"front {int(non_dominated([t.values for t in complete], self.objectives).sum())}")
+        return "progress: " + " · ".join(parts)
 
     def _summary(self, study: optuna.Study) -> None:
         counts = Counter(t.state.name for t in study.trials)

@@ -33,6 +33,16 @@ def _default_objectives() -> List[Any]:
 
 
 @dataclass
+class ConfirmConf:
+    """The confirmation stage: after the search budget, the front's architectures and the references run again
+    with other seeds (trainer.seed = the first trial's seed + 1, + 2, ...) until each has `seeds` of them."""
+
+    seeds: int = 1  # seeds per confirmed architecture (1: no confirmation stage)
+    front: int = 4  # confirm at most this many front members (the most accurate first), plus the references
+    max_trials: Optional[int] = None  # confirmation trials in the study at which it stops (null: no limit)
+
+
+@dataclass
 class LightTrackSweeperConf:
     _target_: str = "hydra_plugins.lighttrack_sweeper.lighttrack_sweeper.LightTrackSweeper"
     _recursive_: bool = False  # the sweeper instantiates sampler, pruner and cost itself (with seed, grid)
@@ -59,6 +69,7 @@ class LightTrackSweeperConf:
     budget: Dict[str, Optional[float]] = field(default_factory=dict)
     # reference trials run first, once per study: role -> overrides
     enqueue: Dict[str, List[str]] = field(default_factory=dict)
+    confirm: ConfirmConf = field(default_factory=ConfirmConf)
     # set by the sweeper on each job (the trial number); null outside a sweep job
     trial: Optional[int] = None
 

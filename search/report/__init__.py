@@ -1,0 +1,108 @@
+"""The Pareto report of a sweep: `python -m search.report study=NAME` (or `storage=URL`, or `multirun=DIR`).
+
+Writes `<runs>/sweeps/<study>/report/`: `trials.csv` (one row per trial: arch, seed, role, run_dir),
+`architectures.csv` (one row per architecture: means over seeds, bootstrap intervals, the difference to the
+baseline and its verdict), `pareto.csv` (the front's rows of it), `transfer.csv` (the references and the front
+on a held-out split), `summary.md` (the claims, in the verdicts' words), plots (AUC against head MACs and
+parameters with interval bars, hypervolume by trial, parameter importances) and `best.yaml` / `best.json`, the
+chosen architecture as a config that `python -m tracker.train --config-dir <report> --config-name best` retrains.
+
+A plain Hydra grid (`python -m tracker.train -m ...`) has no study: its run directories are read and put into
+an in-memory Optuna study, so both sources share one code path. Layout: load (trials), stats (intervals,
+verdicts, Kendall's tau), analysis (architectures, front, verdicts, choice), transfer, plots, export.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from search.record import Role, study_objectives
+from tracker.io import atomic_write_text as atomic_write
+
+from .analysis import add_uncertainty, architectures, choose_best, compare_to_baseline, pareto_mask
+from .config import ReportConf, ReportError
+from .export import arch_frame, best_files, summary_markdown, trial_frame
+from .load import confirm_seeds, frame_to_study, grid_frame, load_frame, study_frame
+from .plots import optuna_plots, plot_front, save_figure
+from .stats import BootstrapConf, Verdict
+from .transfer import transfer_preset, transfer_table
+
+__all__ = ["ReportConf", "ReportError", "Verdict", "add_uncertainty", "analyse", "architectures", "build_report",
+           "choose_best", "compare_to_baseline", "frame_to_study", "grid_frame", "load_frame", "optuna_plots",
+           "pareto_mask", "plot_front", "study_frame"]
+
+
+def analyse(frame: pd.DataFrame, study: Any, conf: ReportConf) -> pd.DataFrame:
+    """Architectures with their intervals, front membership and verdicts (what every output is drawn from)."""
+    try:
+        objectives = study_objectives(study)
+    except ValueError as e:
+        raise ReportError(str(e)) from None
+    table = architectures(frame, objectives)
+    table = add_uncertainty(table, frame, BootstrapConf(conf.resamples, conf.confidence))
+    table["pareto"] = pareto_mask(table)
+    return compare_to_baseline(table, margin=conf.margin)
+
+
+def build_report(conf: ReportConf, runs_root: Path, progress: bool = True) -> dict[str, Any]:
+    frame, study, out = load_frame(conf, runs_root)
+    table = analyse(frame, study, conf)
+    objectives = table.attrs["objectives"]
+    min_seeds = conf.min_seeds or confirm_seeds(study)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "trials.csv", trial_frame(frame).to_csv(index=False))
+    atomic_write(out / "architectures.csv", arch_frame(table).to_csv(index=False))
+    front = table[table["pareto"]].sort_values("head_macs")
+    atomic_write(out / "pareto.csv", arch_frame(front).to_csv(index=False))
+    floor = float(table["static_auc"].mean()) if "static_auc" in table else None
+    plots = {f"auc_vs_{name}": save_figure(plot_front(table, cost, f"AUC against head {name}", floor,
+                                                      conf.confidence), out / f"auc_vs_{name}.png")
+             for name, cost in (("macs", "head_macs"), ("params", "head_params_deploy"))}
+    if len(study.trials):
+        base = table[table["role"] == Role.BASELINE]
+        baseline_values = None if base.empty else [float(base.iloc[0][o.name]) for o in objectives]
+        plots.update(optuna_plots(study, out, baseline_values))
+    transfer = None
+    preset = transfer_preset(conf.transfer, frame)
+    if preset:
+        scores, info = transfer_table(frame, table, preset, BootstrapConf(conf.resamples, conf.confidence),
+                                      conf.transfer_overrides, progress=progress)
+        atomic_write(out / "transfer.csv", scores.to_csv(index=False))
+        transfer = (scores, info)
+    best, why = choose_best(table, conf.rule, conf.max_head_macs, conf.max_head_params, min_seeds)
+    retrain = f"python -m tracker.train --config-dir {out} --config-name best"
+    for stale in ("best.yaml", "best.json"):
+        (out / stale).unlink(missing_ok=True)  # a best.yaml from an earlier run must not outlive its choice
+    if best is not None:
+        text, record = best_files(best, why, frame, study.study_name, out, conf.rule)
+        atomic_write(out / "best.yaml", text)
+        atomic_write(out / "best.json", json.dumps(record, indent=2))
+    summary = summary_markdown(study.study_name, frame, table, objectives, best, why, transfer, min_seeds, retrain)
+    atomic_write(out / "summary.md", summary)
+    return {"out_dir": str(out), "trials": len(frame), "complete": int((frame.state == "COMPLETE").sum()),
+            "pareto": front["trials"].tolist(), "best_trials": None if best is None else str(best["trials"]),
+            "best": None if best is None else best["label"], "plots": plots, "summary": summary,
+            "transfer": None if transfer is None else {k: v for k, v in transfer[1].items()}}
+
+
+def _main(cfg) -> None:
+    from omegaconf import OmegaConf
+
+    from tracker.config import runs_root
+
+    try:
+        conf = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ReportConf), cfg))
+        result = build_report(conf, runs_root())
+    except ReportError as e:
+        raise SystemExit(f"error: {e}") from None
+    print(result.pop("summary"))
+    print(f"report written to {result['out_dir']}")
+    print(json.dumps(result, default=str))
+
+
+from tracker.app import hydra_app  # noqa: E402
+
+main = hydra_app(_main, "report")
