@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test sweep venv clean
+.PHONY: test sweep trunk venv clean
 
 venv: $(STAMP)
 
@@ -22,6 +22,10 @@ test: $(STAMP)
 sweep: $(STAMP)
 	$(PY) -m search.sweep -m trainer=cpu
 	$(PY) -m search.report study=synthetic_cpu
+
+# train the CPU preset's baseline trunk once and ship it in assets/trunks/ (make sweep then starts from it)
+trunk: $(STAMP)
+	$(PY) -m tracker.trunk trainer=cpu
 
 clean:
 	rm -rf $(VENV)

@@ -306,3 +306,57 @@ def test_the_baseline_trunk_config_keeps_struct_mode(workspace, tmp_path, monkey
     with pytest.raises(Stop):
         tracker.train.ensure_baseline_trunk(_cfg(workspace, "trainer.baseline_trunk.epochs=7"), progress=False)
     assert seen["struct"] is True
+
+
+def test_batched_evaluation_gives_the_same_boxes_as_one_sequence_at_a_time(workspace, tmp_path):
+    """Sequences of different lengths tracked in lockstep (the batch shrinks as they end) by a random model:
+    every box equals the online tracker's, one sequence at a time."""
+    import dataclasses
+    from functools import partial
+
+    from heads import CornerHead
+    from tracker.data.config import build_reader
+    from tracker.evaluate import StarkTracker, run_tracker
+    from tracker.model import StarkLightning
+
+    reader = build_reader(_cfg(workspace).data)
+    sequences = [reader.sequence(n) for n in reader.sequence_names()]
+    first = sequences[0]  # a shorter one leaves the batch early
+    sequences[0] = dataclasses.replace(first, frames=list(first.frames)[:5], boxes=first.boxes[:5],
+                                       visible=first.visible[:5])
+    torch.manual_seed(0)
+    tracker = StarkTracker(StarkLightning(partial(CornerHead), template_size=32, search_size=64).eval(),
+                           torch.device("cpu"))
+    one = run_tracker(tracker, sequences, tmp_path / "one", progress=False)
+    batched = run_tracker(tracker, sequences, tmp_path / "batched", progress=False, batch=8)
+    assert len(sequences) >= 2 and len(batched["predictions"]) == len(sequences)
+    for name, boxes in one["predictions"].items():
+        assert boxes.shape == batched["predictions"][name].shape
+        np.testing.assert_allclose(batched["predictions"][name], boxes, atol=1e-3)
+    assert sorted(p.name for p in (tmp_path / "batched").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+
+
+def test_make_trunk_ships_a_small_trunk_that_head_trials_then_start_from(workspace, tmp_path, monkeypatch):
+    import tracker.train as train_module
+    from tracker.trunk import ship_trunk
+
+    cfg = _cfg(workspace, "trainer.fidelity=head")
+    provenance = ship_trunk(cfg, cfg.data, out_dir=tmp_path / "assets")
+    shipped = tmp_path / "assets" / f"{provenance['key']}.pt"
+    record = json.loads(shipped.with_suffix(".json").read_text())
+    assert record["key"] == provenance["key"] and record["config"]["head"]["block"] == "repvgg"
+    assert set(record["scores"]) == {"val", "test"} and record["scores"]["val"]["static_auc"] is not None
+    weights = load_checkpoint(shipped)["model"]
+    assert all(v.dtype == torch.float16 for v in weights.values() if v.is_floating_point())
+    # a fresh runs root: the shipped trunk is used, nothing is trained
+    monkeypatch.setenv("LIGHTTRACK_RUNS", str(tmp_path / "fresh"))
+    monkeypatch.setattr(train_module, "SHIPPED_TRUNKS", tmp_path / "assets")
+
+    def no_training(self):
+        raise AssertionError("the trunk was trained although one is shipped")
+
+    monkeypatch.setattr(train_module.Trial, "train", no_training)
+    path = train_module.ensure_baseline_trunk(cfg)
+    assert path.parent.parent == tmp_path / "fresh" / "trunks"
+    restored = load_checkpoint(path)["model"]
+    assert all(torch.equal(restored[k], v.float()) for k, v in weights.items() if v.is_floating_point())

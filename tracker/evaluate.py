@@ -66,23 +66,56 @@ class StarkTracker:
         pixels = self.processing.to_tensor(np.asarray(crop))[None].to(self.device, non_blocking=True)
         return pixels, torch.from_numpy(mask)[None].to(self.device, non_blocking=True), geometry
 
+    def _encode(self, images: list, boxes: list) -> Any:
+        """The templates of several sequences (one per image and first box), encoded in one call."""
+        inputs = [self._input(im, box, self.template_factor, self.model.template_size) for im, box in zip(images, boxes)]
+        return self.model.encode_template(torch.cat([p for p, _, _ in inputs]), torch.cat([m for _, m, _ in inputs]))
+
+    def _step(self, images: list, boxes: list, template: Any) -> list[np.ndarray]:
+        """One frame of several sequences in one network call: the search crop around each previous box, the
+        predictions mapped back to each image and clipped (a batch of one is the online tracker)."""
+        inputs = [self._input(im, box, self.search_factor, self.model.search_size) for im, box in zip(images, boxes)]
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        started = time.perf_counter()
+        predicted = self.model.track(torch.cat([p for p, _, _ in inputs]), torch.cat([m for _, m, _ in inputs]),
+                                     template)["boxes"].float().cpu().numpy()
+        sync()
+        self.model_seconds += time.perf_counter() - started
+        out = []
+        for (cx, cy, w, h), (_, _, crop), image in zip(predicted, inputs, images):
+            box = crop.box_to_image([cx - 0.5 * w, cy - 0.5 * h, w, h])
+            out.append(clip_box(box, image.height, image.width, self.margin))
+        return out
+
     @torch.no_grad()
     def initialize(self, image, box: np.ndarray) -> None:
-        pixels, mask, _ = self._input(image, box, self.template_factor, self.model.template_size)
-        self.template = self.model.encode_template(pixels, mask)
+        self.template = self._encode([image], [box])
         self.box = np.asarray(box, dtype=np.float64)
 
     @torch.no_grad()
     def update(self, image) -> np.ndarray:
-        pixels, mask, crop = self._input(image, self.box, self.search_factor, self.model.search_size)
-        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
-        started = time.perf_counter()
-        cx, cy, w, h = self.model.track(pixels, mask, self.template)["boxes"][0].float().cpu().numpy()
-        sync()
-        self.model_seconds += time.perf_counter() - started
-        box = crop.box_to_image([cx - 0.5 * w, cy - 0.5 * h, w, h])
-        self.box = clip_box(box, image.height, image.width, self.margin)
+        self.box = self._step([image], [self.box], self.template)[0]
         return self.box
+
+    @torch.no_grad()
+    def track_group(self, sequences: list) -> list[np.ndarray]:
+        """Several sequences in lockstep, one network call per frame for all that are still running: the same
+        per-sequence tracker as initialize/update, batched for throughput (boxes equal up to float rounding)."""
+        from .deploy import TemplateCache
+
+        boxes = [np.empty((len(s.frames), 4)) for s in sequences]
+        state = [np.asarray(s.boxes[0], dtype=np.float64) for s in sequences]
+        template = self._encode([s.image(0) for s in sequences], state)
+        for k, s in enumerate(sequences):
+            boxes[k][0] = s.boxes[0]
+        for i in range(1, max(len(s.frames) for s in sequences)):
+            active = [k for k, s in enumerate(sequences) if i < len(s.frames)]
+            cache = template if len(active) == len(sequences) else \
+                TemplateCache(*(t[active] for t in template))
+            for k, box in zip(active, self._step([sequences[k].image(i) for k in active], [state[k] for k in active],
+                                                 cache)):
+                state[k] = boxes[k][i] = box
+        return boxes
 
 
 class StaticBoxTracker:
@@ -108,21 +141,34 @@ def track_sequence(tracker: Tracker, sequence) -> np.ndarray:
     return boxes
 
 
-def run_tracker(tracker: Tracker, sequences: list, results_dir: Path, progress: bool = True) -> dict[str, Any]:
-    """Tracks every sequence, writes `<sequence>.txt`, returns predictions and speed."""
+def run_tracker(tracker: Tracker, sequences: list, results_dir: Path, progress: bool = True,
+                batch: int = 1) -> dict[str, Any]:
+    """Tracks every sequence, writes `<sequence>.txt`, returns predictions and speed. `batch` > 1 tracks that
+    many sequences in lockstep when the tracker can (`track_group`): fps is then throughput, not latency."""
     from .metrics import write_results
 
     predictions, frames, started = {}, 0, time.perf_counter()
     tracker.model_seconds = 0.0
-    for sequence in tqdm(sequences, desc=f"tracking ({tracker.name})", unit="seq", disable=not progress,
-                         leave=False):
-        predictions[sequence.name] = track_sequence(tracker, sequence)
-        write_results(results_dir, sequence.name, predictions[sequence.name])
-        frames += len(sequence.frames) - 1
+    step = batch if batch > 1 and hasattr(tracker, "track_group") else 1
+    groups = [sequences[i:i + step] for i in range(0, len(sequences), step)]
+    with tqdm(total=len(sequences), desc=f"tracking ({tracker.name})", unit="seq", disable=not progress,
+              leave=False) as bar:
+        for group in groups:
+            results = tracker.track_group(group) if step > 1 else [track_sequence(tracker, group[0])]
+            for sequence, boxes in zip(group, results):
+                predictions[sequence.name] = boxes
+                write_results(results_dir, sequence.name, boxes)
+                frames += len(sequence.frames) - 1
+            bar.update(len(group))
     seconds = time.perf_counter() - started
     speed = {"fps": frames / seconds if seconds else math.inf,
              "model_fps": frames / tracker.model_seconds if tracker.model_seconds else None}
     return {"predictions": predictions, "speed": speed}
+
+
+def scores_dir(out_dir: str | Path) -> Path:
+    """Where evaluate_model puts plots and per-sequence scores under its `out_dir` (a run directory)."""
+    return Path(out_dir) / "plots"
 
 
 def evaluate_model(model: StarkLightning, cfg: DictConfig, out_dir: str | Path, device: torch.device,
@@ -145,12 +191,13 @@ def evaluate_model(model: StarkLightning, cfg: DictConfig, out_dir: str | Path, 
         trackers.append(StaticBoxTracker())
     scores, speed = {}, {}
     for tracker in trackers:
-        run = run_tracker(tracker, sequences, out_dir / "results" / tracker.name, progress)
+        run = run_tracker(tracker, sequences, out_dir / "results" / tracker.name, progress, ev.get("batch_sequences", 1))
         scores[tracker.name] = evaluate_sequences(run["predictions"], sequences, sizes)
         speed[tracker.name] = run["speed"]
     data_name = f"{cfg.data.name} {cfg.data.split}"
-    summaries, plots = write_report(scores, out_dir / "plots", data_name)
+    summaries, plots = write_report(scores, scores_dir(out_dir), data_name)
     result = {**summaries["model"], "fps": speed["model"]["fps"], "model_fps": speed["model"]["model_fps"],
+              "eval_batch": ev.get("batch_sequences", 1),
               "dataset": data_name, "results_dir": str(out_dir / "results" / "model")}
     if "static" in summaries:
         result.update({f"static_{k}": summaries["static"][k] for k in ("auc", "precision", "ao")})
@@ -216,9 +263,9 @@ def _main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    import hydra
+    from .app import hydra_app
 
-    hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")(_main)()
+    hydra_app(_main, "evaluate")()
 
 
 if __name__ == "__main__":

@@ -134,6 +134,11 @@ def trial_data(cfg: DictConfig):
     return with_crops(cfg.data, t.template_size, t.search_size, t.search_center_jitter, t.search_scale_jitter)
 
 
+def run_checkpoint(run_dir: str | os.PathLike) -> Path:
+    """A run directory's checkpoint: the last epoch's model, optimiser and history (what a rerun resumes)."""
+    return Path(run_dir) / "checkpoints" / "last.pt"
+
+
 class Trial:
     """Builds the model, the data and the optimiser for one config; trains, resumes, evaluates."""
 
@@ -148,7 +153,7 @@ class Trial:
         self.on_epoch_end, self.progress = on_epoch_end, progress
         self.device = resolve_device(self.t.device)
         self.precision = Precision(self.t.amp, self.device)
-        self.checkpoint_path = self.run_dir / "checkpoints" / "last.pt"
+        self.checkpoint_path = run_checkpoint(self.run_dir)
 
     # ---- data -------------------------------------------------------------------------------------
     def pair_loader(self, split: str, pairs: int, seed: int) -> DataLoader:
@@ -348,12 +353,12 @@ def cached_trunk_features(trial: Trial, model: StarkLightning, trunk: str, split
     return TensorDataset(features, target)
 
 
-def ensure_baseline_trunk(cfg: DictConfig, progress: bool = True) -> Path:
-    """The trunk head trials start from when none is given: a full baseline (RepVGG head) run on this data
-    at this preset's sizes, trained once and cached under runs/trunks/<key>/ (a file lock serialises
-    concurrent sweeps; an interrupted trunk run resumes)."""
-    from filelock import FileLock
+SHIPPED_TRUNKS = Path(__file__).resolve().parents[1] / "assets" / "trunks"  # `make trunk` writes <key>.pt here
 
+
+def baseline_trunk_config(cfg: DictConfig) -> tuple[DictConfig, str]:
+    """The full baseline (RepVGG head) run a preset's head trials start from, and its cache key (model sizes
+    and BN, the training pairs, the recipe `trainer.baseline_trunk`, the model version)."""
     from .data import pairs_key
 
     trunk_cfg = copy.deepcopy(cfg)  # struct mode stays on: a misspelt key here fails
@@ -362,16 +367,36 @@ def ensure_baseline_trunk(cfg: DictConfig, progress: bool = True) -> Path:
     t.update({**OmegaConf.to_container(recipe), "fidelity": "full", "trunk": None})
     key = config_key(trunk_cfg.model, trunk_cfg.head, pairs_key(trial_data(trunk_cfg), "train"),  # model: sizes, BN
                      recipe, MODEL_VERSION)
+    return trunk_cfg, key
+
+
+def ensure_baseline_trunk(cfg: DictConfig, progress: bool = True) -> Path:
+    """The trunk head trials start from when none is given, cached under runs/trunks/<key>/: the one shipped in
+    assets/trunks/<key>.pt when there is one (`make trunk`), else trained once on this data at this preset's sizes
+    (a file lock serialises concurrent sweeps; an interrupted trunk run resumes)."""
+    from filelock import FileLock
+
+    trunk_cfg, key = baseline_trunk_config(cfg)
     directory = runs_root() / "trunks" / key
     final = directory / "trunk.pt"
     directory.mkdir(parents=True, exist_ok=True)
     with FileLock(str(directory / ".lock")):
-        if not final.is_file():
-            log.info("training the baseline trunk once into %s", directory)
-            OmegaConf.save(trunk_cfg, directory / "config.yaml")
-            model = Trial(trunk_cfg, directory, progress=progress).train()
-            save_checkpoint(final, model=model.state_dict(), config=OmegaConf.to_container(trunk_cfg, resolve=True,
-                                                                                            enum_to_str=True))
+        if final.is_file():
+            return final
+        shipped = SHIPPED_TRUNKS / f"{key}.pt"
+        if shipped.is_file():
+            log.info("baseline trunk %s: using the shipped one, %s (provenance: %s)", key, shipped,
+                     shipped.with_suffix(".json").name)
+            state = load_checkpoint(shipped)
+            save_checkpoint(final, model={k: v.float() if v.is_floating_point() else v
+                                          for k, v in state["model"].items()}, config=state["config"])
+            return final
+        log.info("baseline trunk %s: none cached in %s and none shipped in %s, so it is trained now, once (%d "
+                 "epochs; `make trunk` ships one)", key, directory.parent, SHIPPED_TRUNKS, trunk_cfg.trainer.epochs)
+        OmegaConf.save(trunk_cfg, directory / "config.yaml")
+        model = Trial(trunk_cfg, directory, progress=progress).train()
+        save_checkpoint(final, model=model.state_dict(), config=OmegaConf.to_container(trunk_cfg, resolve=True,
+                                                                                        enum_to_str=True))
     return final
 
 
@@ -431,9 +456,9 @@ def _main(cfg: DictConfig) -> Optional[float]:
 
 
 def main() -> None:
-    import hydra
+    from .app import hydra_app
 
-    hydra.main(config_path="../conf", config_name="train", version_base="1.3")(_main)()
+    hydra_app(_main, "train")()
 
 
 if __name__ == "__main__":

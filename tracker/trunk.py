@@ -1,0 +1,84 @@
+"""`make trunk` (`python -m tracker.trunk`): the preset's baseline trunk, trained once (or taken from the cache)
+and shipped in the repository as `assets/trunks/<key>.pt` (fp16 weights, a few MB) with `<key>.json`: its
+provenance (the command, the trunk config, the data key, torch's version) and its scores on the val split and on
+the held-out test split beside the static box's. Head trials of that preset then start from it instead of training
+a trunk (tracker.train.ensure_baseline_trunk looks there first).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .io import atomic_write_text
+from .train import SHIPPED_TRUNKS, baseline_trunk_config, ensure_baseline_trunk, run_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def _score(model: Any, cfg: DictConfig, data: Any, out: Path) -> dict[str, Any]:
+    from .evaluate import evaluate_model
+
+    scored = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    scored.data = OmegaConf.to_container(data, resolve=True)
+    result = evaluate_model(model, scored, out, device=torch.device("cpu"), progress=False)
+    return {k: result.get(k) for k in ("auc", "precision", "static_auc", "static_precision", "sequences", "dataset")}
+
+
+def ship_trunk(cfg: DictConfig, test_data: Any = None, out_dir: Path = SHIPPED_TRUNKS) -> dict[str, Any]:
+    """Writes `<out_dir>/<key>.pt` and `<key>.json` for `cfg`'s baseline trunk; returns the provenance."""
+    from .evaluate import load_model
+
+    started = time.perf_counter()
+    trunk_cfg, key = baseline_trunk_config(cfg)
+    cached = ensure_baseline_trunk(cfg)
+    state = load_checkpoint(cached)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shipped = save_checkpoint(out_dir / f"{key}.pt", model={k: v.half() if v.is_floating_point() else v
+                                                            for k, v in state["model"].items()},
+                              config=state["config"])
+    model, _ = load_model(shipped)  # scored as trials will see it: fp16 weights back in fp32
+    model.eval()
+    history = cached.parent / "metrics.csv"
+    scores = {"val": _score(model, cfg, cfg.data, cached.parent / "scores" / "val")}
+    if test_data is not None:
+        scores["test"] = _score(model, cfg, test_data, cached.parent / "scores" / "test")
+    provenance = {
+        "key": key, "file": shipped.name, "bytes": shipped.stat().st_size,
+        "command": "make trunk  # python -m tracker.trunk " + " ".join(sys.argv[1:]),
+        "config": OmegaConf.to_container(trunk_cfg, resolve=True, enum_to_str=True),
+        "epochs_trained": len(history.read_text().splitlines()) - 1 if history.is_file() else None,
+        "scores": scores, "torch": torch.__version__, "python": platform.python_version(),
+        "seconds_to_ship": round(time.perf_counter() - started, 1),
+        "trained_checkpoint": str(run_checkpoint(cached.parent)),
+    }
+    atomic_write_text(out_dir / f"{key}.json", json.dumps(provenance, indent=2, default=str) + "\n")
+    return provenance
+
+
+def _main(cfg: DictConfig) -> None:
+    test = cfg.get("test_data")
+    base = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in ("test_data", "hydra")])
+    provenance = ship_trunk(base, test)
+    for split, s in provenance["scores"].items():
+        print(f"{split} ({s['dataset']}, {s['sequences']} sequences): AUC {s['auc']:.1f}, static box "
+              f"{s['static_auc']:.1f}")
+    print(json.dumps({k: v for k, v in provenance.items() if k != "config"}, default=str))
+
+
+def main() -> None:
+    from .app import hydra_app
+
+    hydra_app(_main, "trunk")()
+
+
+if __name__ == "__main__":
+    main()
