@@ -1,8 +1,10 @@
-# `make test` and `make sweep` set up .venv themselves; the stamp makes a second call a no-op.
+# `make test` and `make sweep` set up .venv themselves; the stamps make a second call a no-op.
+# `make sweep` installs the package only; `make test` adds the dev extra (pytest, the notebook runner, got10k).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 
 .PHONY: test sweep trunk venv clean
 
@@ -11,14 +13,18 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e .
 	touch $(STAMP)
 
-test: $(STAMP)
+$(DEV_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(DEV_STAMP)
+
+test: $(DEV_STAMP)
 	$(PY) -m pytest -q
 
-# the CPU preset: the two reference heads + 12 searched trials on the embedded synthetic data (resumes if rerun),
-# then the Pareto report in runs/sweeps/synthetic_cpu/report/
+# the CPU preset: the two reference heads + 12 searched trials on the embedded synthetic data, then the front and
+# the references confirmed with 3 seeds each (resumes if rerun), then the report in runs/sweeps/synthetic_cpu/report/
 sweep: $(STAMP)
 	$(PY) -m search.sweep -m trainer=cpu
 	$(PY) -m search.report study=synthetic_cpu

@@ -249,7 +249,7 @@ def test_confirmation_stage_repeats_the_front_and_references_with_new_seeds_and_
     result = sweep(tmp_path / "s", *args, "hydra.sweeper.confirm.seeds=3")
     ok(result)
     study = load(tmp_path / "s")
-    assert study.user_attrs["confirm"] == {"seeds": 3, "front": 2, "max_trials": None}
+    assert study.user_attrs["confirm"] == {"seeds": 3, "front": 2, "max_trials": 12}
     search = [t for t in study.trials if t.user_attrs["stage"] == "search"]
     repeats = [t for t in study.trials if t.user_attrs["stage"] == "confirm"]
     assert len(search) == 5 and all(t.state == TrialState.COMPLETE for t in study.trials)
@@ -269,6 +269,7 @@ def test_confirmation_stage_repeats_the_front_and_references_with_new_seeds_and_
     assert roles == {"baseline", "user_head"} and 3 <= len(confirmed) <= 4  # 2 front members + the references
     assert all(s == {first_seed, first_seed + 1, first_seed + 2} for a, s in seeds.items() if a in confirmed)
     assert all(len(s) == 1 for a, s in seeds.items() if a not in confirmed)
+    assert not [t for t in study.trials if t.user_attrs.get("duplicate_of") is not None]  # each repeat asked once
     # rerunning tops up: one more seed each; the same settings again add nothing
     ok(sweep(tmp_path / "s", *args, "hydra.sweeper.confirm.seeds=4"))
     study = load(tmp_path / "s")
@@ -541,3 +542,24 @@ def test_pruner_that_nothing_reports_to_is_warned_about(tmp_path, caplog):
         _impl(pruner=pruner)._warn_if_never_pruned(build_space(space), fixed)
         assert ("will not prune" in caplog.text) == warned, (pruner, fidelity, space)
     assert "trainer.fidelity=finetune:" in caplog.text
+
+
+def test_a_repeat_whose_sweep_died_is_asked_again(tmp_path):
+    import socket
+
+    ok(sweep(tmp_path / "s", "hydra.sweeper.max_trials=3"))
+    study = load(tmp_path / "s")
+    baseline = study.trials[0]
+    seed = baseline.user_attrs["seed"] + 1
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = study.ask()  # a repeat of the baseline left RUNNING by a sweep process that died
+    for key, value in {"host": socket.gethostname(), "pid": dead.pid, "trained": True, "stage": "confirm",
+                       "role": "baseline", "repeat_of": 0, "confirm_seed": seed, "seed": seed,
+                       "head": baseline.user_attrs["head"]}.items():
+        orphan.set_user_attr(key, value)
+    ok(sweep(tmp_path / "s", "hydra.sweeper.max_trials=3", "hydra.sweeper.confirm.seeds=2",
+             "hydra.sweeper.confirm.front=1"))
+    repeats = [t for t in load(tmp_path / "s").trials if t.user_attrs.get("repeat_of") == 0]
+    assert [(t.state, t.user_attrs["seed"]) for t in repeats] == [(TrialState.FAIL, seed), (TrialState.COMPLETE, seed)]
+    assert repeats[0].user_attrs["orphaned"] is True

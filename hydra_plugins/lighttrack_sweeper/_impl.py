@@ -397,7 +397,8 @@ class SweeperImpl:
     def _plan_confirmation(self, study: optuna.Study) -> list[int]:
         """Enqueues, for the `confirm.front` most accurate non-dominated architectures (on their means over
         seeds) and the references, the seeds they lack to reach `confirm.seeds`, within `confirm.max_trials`.
-        A seed counts once it is complete, running, waiting or failed (a failed repeat is not retried)."""
+        A seed counts once it is complete, running, waiting or failed (a failed repeat is not retried, unless its
+        sweep process died under it)."""
         trials = study.get_trials(deepcopy=False)
         confirm_trials = [t for t in trials if t.user_attrs.get(TrialAttr.STAGE) == Stage.CONFIRM]
         left = None if self.confirm["max_trials"] is None else \
@@ -405,7 +406,8 @@ class SweeperImpl:
         groups: dict[str, list[FrozenTrial]] = {}
         for t in trials:
             head = t.user_attrs.get(TrialAttr.HEAD)
-            if head is None or t.user_attrs.get(TrialAttr.DUPLICATE_OF) is not None:
+            if head is None or t.user_attrs.get(TrialAttr.DUPLICATE_OF) is not None \
+                    or t.user_attrs.get(TrialAttr.ORPHANED):  # its sweep process died: that seed is asked again
                 continue
             if t.state == TrialState.COMPLETE or t.user_attrs.get(TrialAttr.STAGE) == Stage.CONFIRM:
                 groups.setdefault(arch_key(head), []).append(t)
@@ -430,8 +432,10 @@ class SweeperImpl:
             for seed in missing[: max(self.confirm["seeds"] - len(seeds), 0)]:
                 if left is not None and left <= 0:
                     return enqueued
+                # the head and seed are known now: a waiting repeat counts, and is not enqueued twice
                 study.enqueue_trial(dict(first.params), user_attrs={
                     TrialAttr.STAGE: Stage.CONFIRM, TrialAttr.CONFIRM_SEED: seed, TrialAttr.REPEAT_OF: first.number,
+                    TrialAttr.HEAD: first.user_attrs[TrialAttr.HEAD], TrialAttr.SEED: seed,
                     **({TrialAttr.ROLE: first.user_attrs[TrialAttr.ROLE]} if first.user_attrs.get(TrialAttr.ROLE)
                        else {})})
                 seeds.add(seed)
