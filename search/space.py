@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution,
                                   IntDistribution)
@@ -201,18 +201,42 @@ class Space:
         of an earlier trial and are settled without training)."""
         grid: dict[str, list[Any]] = {}
         for dim in self.dimensions:
-            d = dim.distribution
-            if isinstance(d, CategoricalDistribution):
-                grid[dim.name] = list(d.choices)
-            elif isinstance(d, IntDistribution) and not d.log:
-                grid[dim.name] = list(range(d.low, d.high + 1, d.step))
-            elif isinstance(d, FloatDistribution) and d.step is not None and not d.log:
-                n = int(round((d.high - d.low) / d.step))
-                grid[dim.name] = [d.low + i * d.step for i in range(n + 1)]
-            else:
-                raise SpaceError(f"search space {dim.name}: {d} is continuous; the grid sampler needs choices, "
-                                 "a range or a stepped interval")
+            values = _values(dim.distribution)
+            if values is None:
+                raise SpaceError(f"search space {dim.name}: {dim.distribution} is continuous; the grid sampler needs "
+                                 "choices, a range or a stepped interval")
+            grid[dim.name] = values
         return grid
+
+    def count(self) -> Optional[int]:
+        """How many distinct candidates the space holds, a conditional dimension counted only where it exists
+        (None when an active dimension is continuous)."""
+        values = {dim.name: _values(dim.distribution) for dim in self.dimensions}
+
+        def walk(i: int, context: dict[str, Any]) -> Optional[int]:
+            if i == len(self.dimensions):
+                return 1
+            dim = self.dimensions[i]
+            if not dim.active(self.context(context)):
+                return walk(i + 1, context)
+            if values[dim.name] is None:
+                return None
+            counts = [walk(i + 1, {**context, dim.name: v}) for v in values[dim.name]]
+            return None if None in counts else sum(counts)
+
+        return walk(0, {})
+
+
+def _values(d: BaseDistribution) -> Optional[list[Any]]:
+    """A distribution's values when it has finitely many (None: continuous)."""
+    if isinstance(d, CategoricalDistribution):
+        return list(d.choices)
+    if isinstance(d, IntDistribution) and not d.log:
+        return list(range(d.low, d.high + 1, d.step))
+    if isinstance(d, FloatDistribution) and d.step is not None and not d.log:
+        n = int(round((d.high - d.low) / d.step))
+        return [d.low + i * d.step for i in range(n + 1)]
+    return None
 
 
 def build_space(entries: Mapping[str, Any] | None, arguments: Sequence[str] = (), parser: Any = None) -> Space:

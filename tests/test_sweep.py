@@ -563,3 +563,18 @@ def test_a_repeat_whose_sweep_died_is_asked_again(tmp_path):
     repeats = [t for t in load(tmp_path / "s").trials if t.user_attrs.get("repeat_of") == 0]
     assert [(t.state, t.user_attrs["seed"]) for t in repeats] == [(TrialState.FAIL, seed), (TrialState.COMPLETE, seed)]
     assert repeats[0].user_attrs["orphaned"] is True
+
+
+def test_dry_run_shows_the_space_its_size_costs_and_the_study_and_writes_nothing(tmp_path):
+    result = sweep(tmp_path / "new", "hydra.sweeper.dry_run=true", "hydra.sweeper.max_trials=4")
+    ok(result)
+    out = result.stdout
+    assert "dry run: nothing is trained or written" in out and "candidates: 3250" in out
+    assert "head.expansion: CategoricalDistribution(choices=(2, 4, 6))  when {'head': ('mbconv',)}" in out
+    assert "study 'synthetic_tiny'" in out and ": new;" in out
+    assert out.count("head_macs=") == 5  # the first five candidates, costed before training
+    assert not (tmp_path / "new").exists()
+    ok(sweep(tmp_path / "s", "hydra.sweeper.max_trials=3"))
+    out = sweep(tmp_path / "s", "hydra.sweeper.dry_run=true", "hydra.sweeper.max_trials=3").stdout
+    assert "3 trial(s), 3 trained in the search, budget left: 0 (raise hydra.sweeper.max_trials above 3" in out
+    assert len(load(tmp_path / "s").trials) == 3

@@ -156,7 +156,8 @@ class SweeperImpl:
     def __init__(self, sampler: Any, pruner: Any, study_name: str, storage: Optional[str], objectives: Any,
                  space: Any, n_trials: Optional[int], max_trials: Optional[int], n_jobs: Optional[int], seed: int,
                  cost: Any, budget: Any, enqueue: Any, max_settled: int = 200, trial: Optional[int] = None,
-                 confirm: Any = None) -> None:
+                 confirm: Any = None, dry_run: bool = False) -> None:
+        self.dry_run = dry_run
         self.sampler_cfg, self.pruner_cfg = sampler, pruner
         self.study_name, self.storage = study_name, storage
         try:
@@ -320,6 +321,9 @@ class SweeperImpl:
     def sweep(self, arguments: list[str]) -> list[tuple[int, str]]:
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         space = build_space(self.space_cfg, arguments, parser)
+        if self.dry_run:
+            self._dry_run(space)
+            return []
         sweep_dir = Path(self.config.hydra.sweep.dir)
         atomic_write_text(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(self.config))
         storage = self._connect()
@@ -341,6 +345,57 @@ class SweeperImpl:
             forget(self.location)
         self._summary(study)
         return [(t.number, t.state.name) for t in study.trials]
+
+    def _dry_run(self, space: Space, shown: int = 5) -> None:
+        """What the sweep would do, checked as a real start checks it (the config composes, every candidate shown
+        is costed and validated), with nothing trained or written."""
+        self._compose(space.fixed)  # the config every trial starts from must compose, as at a real start
+        lines = ["dry run: nothing is trained or written", "space (sampled in this order):"]
+        for dim in space.dimensions:
+            when = f"  when {dict(dim.when)}" if dim.when else ""
+            lines.append(f"  {dim.name}: {dim.distribution}{when}")
+        count = space.count()
+        lines.append(f"candidates: {count if count is not None else 'unbounded (a continuous dimension)'}")
+        lines.append(f"objectives: {', '.join(f'{o.direction} {o.name}' for o in self.objectives)}; budget: "
+                     f"{self.budget or 'none'}; references: {', '.join(self.enqueue) or 'none'}")
+        study = None
+        if Path(self.location).is_file() or "://" in self.location:
+            try:
+                study = optuna.load_study(study_name=self.study_name, storage=self._connect())
+            except KeyError:
+                study = None
+        if study is None:
+            lines.append(f"study {self.study_name!r} ({self.location}): new; the first start trains the references and "
+                         f"{self.max_trials or self.n_trials} trial(s) in all")
+        else:
+            trials = study.get_trials(deepcopy=False)
+            trained = sum(bool(t.user_attrs.get(TrialAttr.TRAINED)) and t.user_attrs.get(TrialAttr.STAGE) !=
+                          Stage.CONFIRM for t in trials)
+            left = "no limit" if self.max_trials is None else max(self.max_trials - trained, 0)
+            lines.append(f"study {self.study_name!r} ({self.location}): {len(trials)} trial(s), {trained} trained in "
+                         f"the search, budget left: {left}"
+                         + ("" if left else f" (raise hydra.sweeper.max_trials above {self.max_trials} to extend it)"))
+        if self.confirm["seeds"] > 1:
+            bound = "" if self.confirm["max_trials"] is None else f" (at most {self.confirm['max_trials']} repeats)"
+            lines.append(f"then the confirmation stage: {self.confirm['seeds']} seeds for the {self.confirm['front']} "
+                         f"most accurate front members and the references{bound}")
+        probe = optuna.create_study(directions=[o.direction for o in self.objectives],
+                                    sampler=optuna.samplers.RandomSampler(seed=self.seed))
+        lines.append(f"the first {shown} random candidates, costed before training:")
+        for _ in range(shown):
+            trial = probe.ask()
+            params = space.suggest(trial)
+            try:
+                cfg = self._compose(space.overrides(params))
+                cost = self.cost_fn(cfg) if self.cost_fn else {}
+                over = self._over_budget(cost)
+                figures = " ".join(f"{k}={_short(v)}" for k, v in cost.items())
+                lines.append(f"  {' '.join(f'{k}={format_value(v)}' for k, v in params.items())} | {figures}"
+                             + (f" | over budget: {over}" if over else ""))
+            except Exception as e:  # what a real sweep would record as a rejected candidate
+                lines.append(f"  {' '.join(f'{k}={format_value(v)}' for k, v in params.items())} | rejected: "
+                             f"{type(e).__name__}: {e}")
+        print("\n".join(lines), flush=True)
 
     def _loop(self, study: optuna.Study, space: Space, room: Callable[[optuna.Study], bool]) -> None:
         """Asks, prepares and launches trials in batches of n_jobs while `room(study)` says so (it runs under the

@@ -70,6 +70,8 @@ class LightTrackSweeperConf:
     # reference trials run first, once per study: role -> overrides
     enqueue: Dict[str, List[str]] = field(default_factory=dict)
     confirm: ConfirmConf = field(default_factory=ConfirmConf)
+    # print the space, how many candidates it holds, the first few with their cost, the study's state; train nothing
+    dry_run: bool = False
     # set by the sweeper on each job (the trial number); null outside a sweep job
     trial: Optional[int] = None
 
