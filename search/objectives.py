@@ -5,7 +5,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from numbers import Real
-from typing import Any, Collection, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Collection, Mapping, Optional, Sequence
+
+if TYPE_CHECKING:  # numpy is imported where it is used: the sweeper's config imports this module at Hydra's start
+    import numpy as np
 
 DIRECTIONS = ("maximize", "minimize")
 
@@ -105,7 +108,7 @@ def scalar_metrics(returned: Any) -> dict[str, Any]:
     return out
 
 
-def as_minimised(values: Any, objectives: Sequence[Objective]) -> "np.ndarray":
+def as_minimised(values: Any, objectives: Sequence[Objective]) -> np.ndarray:
     """(n, objectives) values as an array in which lower is better in every column."""
     import numpy as np
 
@@ -113,7 +116,7 @@ def as_minimised(values: Any, objectives: Sequence[Objective]) -> "np.ndarray":
     return np.asarray(values, dtype=float).reshape(-1, len(objectives)) * signs
 
 
-def dominates(a: Any, b: Any) -> "np.ndarray":
+def dominates(a: Any, b: Any) -> np.ndarray:
     """For minimised points: a[i] dominates b[j] (no worse in every objective, better in one); (len a, len b)."""
     import numpy as np
 
@@ -121,7 +124,7 @@ def dominates(a: Any, b: Any) -> "np.ndarray":
     return (a[:, None, :] <= b[None, :, :]).all(-1) & (a[:, None, :] < b[None, :, :]).any(-1)
 
 
-def non_dominated(values: Any, objectives: Sequence[Objective]) -> "np.ndarray":
+def non_dominated(values: Any, objectives: Sequence[Objective]) -> np.ndarray:
     """True for the points (rows of values, in the objectives' own directions) no other point dominates."""
     points = as_minimised(values, objectives)
     return ~dominates(points, points).any(0)
