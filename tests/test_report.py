@@ -362,3 +362,29 @@ def test_a_plain_grid_over_seeds_is_read_as_repeats(tmp_path):
     assert archs.loc["user_head", "verdict"] == "worse" and archs.loc["user_head", "p_improvement"] < 0.01
     trials = pd.read_csv(Path(result["out_dir"]) / "trials.csv")
     assert sorted(trials["seed"]) == [1, 1, 2, 2, 3, 3] and trials["arch"].nunique() == 2
+
+
+def test_best_yaml_is_never_a_head_worse_than_the_baseline(tmp_path):
+    # the dsconv heads are clearly worse than the baseline and the baseline is dominated by nothing confirmed:
+    # nothing to retrain but the baseline itself, which is on the front
+    worse = [TRIALS[0], TRIALS[1], (None, ["head=dsconv", "head.channels=32"], 30.0, 3_000_000, 8_000)]
+    name = _fake_study(tmp_path, seeds=3, seed_sd=0.3, confirm=3, trials=worse)
+    result = build_report(ReportConf(transfer=None, study=name), tmp_path / "runs")
+    archs = pd.read_csv(Path(result["out_dir"]) / "architectures.csv").set_index("label")
+    assert (archs.drop(index="repvgg x2 w128 relu k3 f3")["verdict"] == "worse").all()
+    assert result["best"] == "repvgg x2 w128 relu k3 f3"
+
+
+def test_transfer_words_say_when_the_front_does_not_hold_or_nothing_tracks():
+    from search.report.export import transfer_words
+
+    scores = pd.DataFrame({"label": list("abcde"), "test_auc_mean": [30.0, 28.0, 25.0, 22.0, 11.0]})
+    assert "carries over" in transfer_words(scores, {"kendall_tau": 1.0, "kendall_p": 0.01, "static_auc": 10.0})
+    text = transfer_words(scores, {"kendall_tau": 0.8, "kendall_p": 0.08, "static_auc": 10.0})
+    assert "not significant with 5 architectures" in text and "No head tracks" not in text
+    assert "**The front does not hold on this split**" in transfer_words(
+        scores, {"kendall_tau": -0.2, "kendall_p": 0.7, "static_auc": 10.0})
+    close = scores.assign(test_auc_mean=[14.0, 13.0, 12.0, 11.0, 9.0])
+    text = transfer_words(close, {"kendall_tau": 0.8, "kendall_p": 0.08, "static_auc": 10.0})
+    assert "**No head tracks well on this split**: every test AUC is within 4.0 points" in text
+    assert "1 of 5 architectures do not beat the static box on it: `e`" in text

@@ -58,9 +58,10 @@ def build_report(conf: ReportConf, runs_root: Path, progress: bool = True) -> di
     front = table[table["pareto"]].sort_values("head_macs")
     atomic_write(out / "pareto.csv", arch_frame(front).to_csv(index=False))
     floor = float(table["static_auc"].mean()) if "static_auc" in table else None
-    plots = {f"auc_vs_{name}": save_figure(plot_front(table, cost, f"AUC against head {name}", floor,
-                                                      conf.confidence), out / f"auc_vs_{name}.png")
-             for name, cost in (("macs", "head_macs"), ("params", "head_params_deploy"))}
+    plots = {f"auc_vs_{name}": save_figure(plot_front(table, cost, f"AUC against {title}", floor, conf.confidence),
+                                          out / f"auc_vs_{name}.png")
+             for name, cost, title in (("macs", "head_macs", "head MACs"),
+                                       ("params", "head_params_deploy", "deployed head parameters"))}
     if len(study.trials):
         base = table[table["role"] == Role.BASELINE]
         baseline_values = None if base.empty else [float(base.iloc[0][o.name]) for o in objectives]

@@ -160,7 +160,7 @@ def compare_to_baseline(table: pd.DataFrame, objectives: Optional[Sequence[Objec
 def choose_best(table: pd.DataFrame, rule: str, max_head_macs: Optional[float] = None,
                 max_head_params: Optional[float] = None, min_seeds: int = 1) -> tuple[Optional[pd.Series], str]:
     """The architecture best.yaml retrains, among the front's members with at least `min_seeds` seeds that
-    track (above the static box) and fit the budget: `budget`, the highest mean AUC; `knee`, the point nearest
+    track (above the static box), are not worse than the baseline (when there is one) and fit the budget: `budget`, the highest mean AUC; `knee`, the point nearest
     the ideal corner (AUC and log MACs scaled to [0, 1]). Returns (row, why) or (None, why not)."""
     front = table[table["pareto"]]
     seeded = front[front["n_seeds"] >= min_seeds]
@@ -171,6 +171,12 @@ def choose_best(table: pd.DataFrame, rule: str, max_head_macs: Optional[float] =
     if eligible.empty:
         return None, (f"every Pareto-optimal architecture with {min_seeds} seed(s) scores at or below the static "
                       "box: none of them tracks")
+    if "verdict" in eligible:
+        kept = eligible[eligible["verdict"] != Verdict.WORSE]
+        if kept.empty:
+            return None, (f"every Pareto-optimal architecture with {min_seeds} seed(s) is worse than the baseline "
+                          f"({', '.join(eligible['label'])}): keep the baseline")
+        eligible = kept
     if rule == "budget":
         fits = eligible
         if max_head_macs is not None:

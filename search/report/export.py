@@ -176,18 +176,26 @@ def summary_markdown(title: str, frame: pd.DataFrame, table: pd.DataFrame, objec
     return "\n".join(lines)
 
 
-def transfer_words(scores: pd.DataFrame, info: dict) -> str:
-    """Whether the front holds on the test split, plainly."""
-    tau, p = info["kendall_tau"], info["kendall_p"]
+def transfer_words(scores: pd.DataFrame, info: dict, tracks_by: float = 10.0) -> str:
+    """Whether the front holds on the test split, plainly: the ranking (Kendall's tau and its p-value), and
+    whether the heads track there at all (their margin over the static box)."""
+    tau, p, n = info["kendall_tau"], info["kendall_p"], len(scores)
     if not _finite(tau):
-        return "Too few architectures to compare rankings (Kendall's tau needs three)."
-    held = tau > 0 and p < 0.05
-    text = ("The ranking carries over (tau > 0, p < 0.05)." if held else
-            "**The front does not hold on this split**: the val ranking does not carry over "
-            f"(tau {fmt(tau, 2)}, p {fmt(p, 3)}).")
-    below = scores[scores["test_auc_mean"] <= info["static_auc"]]
+        text = "Too few architectures to compare rankings (Kendall's tau needs three)."
+    elif tau > 0 and p < 0.05:
+        text = f"The val ranking carries over (tau {fmt(tau, 2)}, p {fmt(p, 3)})."
+    elif tau > 0:
+        text = (f"The val ranking points the same way (tau {fmt(tau, 2)}) but is not significant with {n} "
+                f"architectures (p {fmt(p, 3)}): weak evidence that the front holds.")
+    else:
+        text = f"**The front does not hold on this split**: the val ranking does not carry over (tau {fmt(tau, 2)})."
+    margin = scores["test_auc_mean"] - info["static_auc"]
+    if (margin < tracks_by).all():
+        text += (f" **No head tracks well on this split**: every test AUC is within {fmt(margin.max(), 1)} points "
+                 f"of the static box's ({fmt(info['static_auc'])}), so differences between heads here say little.")
+    below = scores[margin <= 0]
     if len(below):
-        text += (f" {len(below)} of {len(scores)} architectures do not beat the static box on it: "
+        text += (f" {len(below)} of {n} architectures do not beat the static box on it: "
                  + ", ".join(f"`{x}`" for x in below["label"]) + ".")
     return text
 
