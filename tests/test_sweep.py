@@ -216,9 +216,13 @@ def test_rerunning_resumes_the_same_study(tmp_path):
     assert [t.number for t in study.trials] == [0, 1, 2, 3, 4]
     assert Counter(t.user_attrs.get("role") for t in study.trials) == {"baseline": 1, "user_head": 1, None: 3}
     assert study.user_attrs["sweep_processes"] == 2
-    # already there: nothing more to do; settings that change no result are not part of the recipe
-    ok(sweep(tmp_path / "s", "hydra.sweeper.max_trials=5", "evaluation.batch_sequences=3",
-             f"data.cache_dir={tmp_path / 'elsewhere'}"))
+    # already there: nothing more to do, and it says how to extend; settings that change no result are not part
+    # of the recipe
+    again = sweep(tmp_path / "s", "hydra.sweeper.max_trials=5", "evaluation.batch_sequences=3",
+                  f"data.cache_dir={tmp_path / 'elsewhere'}")
+    ok(again)
+    assert "at its budget (5 trained, hydra.sweeper.max_trials=5): raise hydra.sweeper.max_trials" in again.stderr + again.stdout
+    assert "watch it live: optuna-dashboard " in again.stderr + again.stdout
     assert len(load(tmp_path / "s").trials) == 5
     # another recipe under the same study name would mix incomparable trials: refused, naming what changed
     changed = sweep(tmp_path / "s", "hydra.sweeper.max_trials=7", "trainer.epochs=3")

@@ -335,6 +335,8 @@ class SweeperImpl:
         log.info("study %r in %s: %d trial(s) so far; objectives %s; dimensions %s", self.study_name, self.location,
                  len(study.trials), [f"{o.direction[:3]} {o.name}" for o in self.objectives],
                  [d.name for d in space.dimensions])
+        log.info("watch it live: optuna-dashboard %s  (or: optuna trials --study-name %s --storage %s)",
+                 self.location, self.study_name, self.location)
         self.states: Counter = Counter()
         self.launched = 0
         try:
@@ -440,6 +442,9 @@ class SweeperImpl:
         counted = [t for t in study.get_trials(deepcopy=False, states=FINISHED + (TrialState.RUNNING,))
                    if (t.user_attrs.get(TrialAttr.TRAINED) or t.state == TrialState.FAIL)
                    and t.user_attrs.get(TrialAttr.STAGE) != Stage.CONFIRM]
+        if len(counted) >= self.max_trials and not self.launched:
+            log.info("the study's search is at its budget (%d trained, hydra.sweeper.max_trials=%d): raise "
+                     "hydra.sweeper.max_trials to search more", len(counted), self.max_trials)
         return len(counted) < self.max_trials
 
     # -- the confirmation stage ----------------------------------------------------------------------------
