@@ -286,11 +286,18 @@ def test_confirmation_stage_repeats_the_front_and_references_with_new_seeds_and_
     assert sum(t.user_attrs["stage"] == "confirm" for t in load(tmp_path / "b").trials) == 2
 
 
-@pytest.mark.parametrize("setting", ["seeds=0", "front=-1", "max_trials=-2", "seeds=true"])
-def test_bad_confirmation_settings_are_refused_before_any_trial(tmp_path, setting):
-    result = sweep(tmp_path / "s", "hydra.sweeper.max_trials=3", f"hydra.sweeper.confirm.{setting}")
-    assert result.returncode != 0
-    assert f"hydra.sweeper.confirm.{setting.split('=')[0]}=" in result.stderr + result.stdout
+def test_bad_confirmation_settings_are_refused_before_any_trial(tmp_path):
+    from hydra_plugins.lighttrack_sweeper._impl import SweepConfigError, SweeperImpl
+
+    base = dict(sampler={}, pruner=None, study_name="s", storage=None, objectives=[{"name": "auc",
+                "direction": "maximize"}], space={}, n_trials=None, max_trials=3, n_jobs=1, seed=0, cost=None,
+                budget={}, enqueue={})
+    for name, value in (("seeds", 0), ("front", -1), ("max_trials", -2), ("seeds", True), ("sedes", 3)):
+        with pytest.raises(SweepConfigError, match=rf"hydra\.sweeper\.confirm\.{name}"):
+            SweeperImpl(**base, confirm={name: value})
+    # and from the command line, before any trial
+    result = sweep(tmp_path / "s", "hydra.sweeper.max_trials=3", "hydra.sweeper.confirm.seeds=0")
+    assert result.returncode != 0 and "hydra.sweeper.confirm.seeds=0 is not allowed" in result.stderr + result.stdout
     assert not (tmp_path / "s" / "trials").exists()
 
 
