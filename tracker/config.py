@@ -220,6 +220,18 @@ def compose(config_name: str, overrides: Sequence[str] = (), config_dir: str | P
     return cfg
 
 
+def compose_here(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """A config composed from inside a running Hydra app (its search path holds conf/) or from outside one
+    (tests, notebooks): the report uses it to read presets while it runs as `lighttrack-report`."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        from hydra import compose as hydra_compose
+
+        return hydra_compose(config_name=config_name, overrides=list(overrides))
+    return compose(config_name, overrides)
+
+
 def head_preset(name: str) -> dict[str, Any]:
     """The head a `conf/head/<name>.yaml` preset composes to, every field (read without a Hydra app, so the
     report can find a grid's reference heads by what the presets say, not by a copy of them)."""

@@ -204,6 +204,17 @@ def evaluate_model(model: StarkLightning, cfg: DictConfig, out_dir: str | Path, 
     return result
 
 
+def evaluate_on(model: StarkLightning, cfg: Any, data: Any, out_dir: str | Path, device: torch.device,
+                progress: bool = True) -> dict[str, Any]:
+    """evaluate_model on another data node (a held-out split) than the one `cfg` (a run's config) was trained on;
+    the generated-data cache stays the run's own."""
+    scored = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    node = OmegaConf.to_container(data, resolve=True) if OmegaConf.is_config(data) else dict(data)
+    node["cache_dir"] = scored.data.get("cache_dir", node.get("cache_dir"))
+    scored.data = node
+    return evaluate_model(model, scored, out_dir, device=device, progress=progress)
+
+
 def baseline_model_config() -> DictConfig:
     """STARK-Lightning with its own head at 128/320 (the schema defaults): the model the official file holds."""
     from heads.spec import HeadSpec

@@ -25,11 +25,9 @@ log = logging.getLogger(__name__)
 
 
 def _score(model: Any, cfg: DictConfig, data: Any, out: Path) -> dict[str, Any]:
-    from .evaluate import evaluate_model
+    from .evaluate import evaluate_on
 
-    scored = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    scored.data = OmegaConf.to_container(data, resolve=True)
-    result = evaluate_model(model, scored, out, device=torch.device("cpu"), progress=False)
+    result = evaluate_on(model, cfg, data, out, device=torch.device("cpu"), progress=False)
     return {k: result.get(k) for k in ("auc", "precision", "static_auc", "static_precision", "sequences", "dataset")}
 
 

@@ -475,14 +475,13 @@ class SweeperImpl:
         done = {a: ts for a, ts in done.items() if ts}
         if not done:
             return []
-        archs = list(done)
-        means = [[sum(t.values[i] for t in done[a]) / len(done[a]) for i in range(len(self.objectives))]
-                 for a in archs]
-        mask = non_dominated(means, self.objectives)
+        means = {a: [sum(t.values[i] for t in ts) / len(ts) for i in range(len(self.objectives))]
+                 for a, ts in done.items()}
+        mask = non_dominated(list(means.values()), self.objectives)
         sign = -1.0 if self.objectives[0].direction == "maximize" else 1.0
-        front = sorted((a for a, m in zip(archs, mask) if m), key=lambda a: sign * means[archs.index(a)][0])
+        front = sorted((a for a, m in zip(means, mask) if m), key=lambda a: sign * means[a][0])
         chosen = front[: self.confirm["front"]]
-        chosen += [a for a in archs if a not in chosen and any(t.user_attrs.get(TrialAttr.ROLE) for t in done[a])]
+        chosen += [a for a in done if a not in chosen and any(t.user_attrs.get(TrialAttr.ROLE) for t in done[a])]
         enqueued = []
         for arch in chosen:
             first = min(done[arch], key=lambda t: t.number)

@@ -222,21 +222,6 @@ def best_files(best: pd.Series, why: str, frame: pd.DataFrame, study_name: str, 
     return "\n".join(header) + "\n" + yaml.safe_dump(config, sort_keys=False), record
 
 
-def _compose_train(overrides: list[str]) -> dict:
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
-
-    if GlobalHydra.instance().is_initialized():  # inside a Hydra app: its search path holds conf/
-        from hydra import compose
-
-        cfg = compose(config_name="train", overrides=overrides)
-    else:
-        from tracker.config import compose as compose_train
-
-        cfg = compose_train("train", overrides)
-    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-
-
 def _changed(run: Any, default: Any) -> Any:
     """The leaves of `run` that differ from `default` (nested dicts), None when nothing does."""
     if isinstance(run, dict) and isinstance(default, dict):
@@ -257,7 +242,12 @@ def best_config(row: pd.Series, frame: pd.DataFrame) -> dict[str, Any]:
         runtime = yaml.safe_load(hydra_file.read_text())["hydra"]["runtime"]["choices"]
         choices = {k: v for k, v in runtime.items() if k in ("head", "model", "data", "trainer", "evaluation")}
     choices.setdefault("head", resolved["head"]["block"])
-    defaults = _compose_train([f"{k}={v}" for k, v in choices.items()])
+    from omegaconf import OmegaConf
+
+    from tracker.config import compose_here
+
+    defaults = OmegaConf.to_container(compose_here("train", [f"{k}={v}" for k, v in choices.items()]), resolve=True,
+                                      enum_to_str=True)
     head = {k: v for k, v in resolved["head"].items() if not k.startswith("_")}
     config: dict[str, Any] = {"defaults": ["train", *({f"override {k}": v} for k, v in choices.items()), "_self_"],
                               "head": head}

@@ -45,27 +45,18 @@ def subdir(preset: str, overrides: Sequence[str] = ()) -> str:
 
 
 def _compose_data(preset: str, extra: Sequence[str] = ()) -> Any:
-    from hydra.core.global_hydra import GlobalHydra
+    from tracker.config import compose_here
 
     bad = [o for o in extra if not str(o).startswith("data.")]
     if bad:
         raise ReportError(f"transfer_overrides={list(extra)} is not allowed: only data.* overrides ({bad})")
-    overrides = [f"data={preset}", *extra]
-    if GlobalHydra.instance().is_initialized():  # inside a Hydra app: its search path holds conf/
-        from hydra import compose
-
-        return compose(config_name="train", overrides=overrides).data
-    from tracker.config import compose as compose_train
-
-    return compose_train("train", overrides).data
+    return compose_here("train", [f"data={preset}", *extra]).data
 
 
 def evaluate_run(run_dir: Path, data: Any, where: str, progress: bool = False) -> None:
     """Tracks `data`'s evaluation split with a run's trained model; writes under run_dir/<where>/ (skipped when
     it is there: a rerun of the report costs nothing)."""
-    from omegaconf import OmegaConf
-
-    from tracker.evaluate import evaluate_model, load_model, scores_dir
+    from tracker.evaluate import evaluate_on, load_model, scores_dir
     from tracker.metrics import PER_SEQUENCE_FILE
     from tracker.profile import resolve_device
     from tracker.train import run_checkpoint
@@ -78,11 +69,7 @@ def evaluate_run(run_dir: Path, data: Any, where: str, progress: bool = False) -
         raise ReportError(f"transfer: {run_dir} holds no trained model ({checkpoint} is missing); "
                           "pass transfer=null to skip the transfer check")
     model, cfg = load_model(checkpoint)
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    node = OmegaConf.to_container(data, resolve=True)
-    node["cache_dir"] = cfg.data.get("cache_dir", node.get("cache_dir"))  # the cache the trial's own data used
-    cfg.data = node
-    evaluate_model(model.eval(), cfg, out, device=resolve_device("cpu"), progress=progress)
+    evaluate_on(model.eval(), cfg, data, out, device=resolve_device("cpu"), progress=progress)
 
 
 def transfer_table(frame: pd.DataFrame, table: pd.DataFrame, preset: str, conf: BootstrapConf,
