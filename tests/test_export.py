@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from heads import CornerHead
 from heads.profile import deploy_copy
 from model_helpers import randomise_bn as _randomise_bn
-from tracker.checkpoint import save_checkpoint
+from tracker.model.checkpoint import save_checkpoint
 from tracker.config import ConfigError, compose
 from tracker.export import (SEARCH_INPUTS, SEARCH_OUTPUTS, TEMPLATE_INPUTS, TEMPLATE_OUTPUTS, OnnxTracker,
                             _main, example_inputs, export_onnx)

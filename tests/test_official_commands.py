@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from heads import CornerHead
-from tracker.checkpoint import official_names
+from tracker.model.checkpoint import official_names
 from tracker.config import CONF_DIR
 from tracker.evaluate import load_model
 from tracker.model import StarkLightning

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from heads import CornerHead
-from tracker.checkpoint import (_STARK_PICKLE, CheckpointError, load_checkpoint, load_official_checkpoint, load_trunk,
+from tracker.model.checkpoint import (_STARK_PICKLE, CheckpointError, load_checkpoint, load_official_checkpoint, load_trunk,
                                 official_names, read_checkpoint, save_checkpoint)
 from tracker.model import StarkLightning
 

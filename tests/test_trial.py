@@ -12,7 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from tracker.checkpoint import load_checkpoint
+from tracker.model.checkpoint import load_checkpoint
 from tracker.config import CONF_DIR, compose
 from tracker.data import DataConfigError, pairs_key
 from tracker.evaluate import StaticBoxTracker, clip_box, load_model, track_sequence
@@ -187,7 +187,7 @@ def test_evaluate_normalises_as_the_checkpoint_was_trained(workspace, tmp_path, 
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from tracker.checkpoint import save_checkpoint
+    from tracker.model.checkpoint import save_checkpoint
 
     trained = _cfg(workspace, "data.processing.mean=[0.5,0.5,0.5]", "data.processing.std=[0.25,0.25,0.25]")
     ckpt = save_checkpoint(tmp_path / "last.pt", model=instantiate(trained.model).state_dict(),

@@ -230,7 +230,7 @@ def load_model(checkpoint: str | Path) -> tuple[StarkLightning, DictConfig]:
     baseline model config is used (and logged)."""
     from hydra.utils import instantiate
 
-    from .checkpoint import load_official_checkpoint, own_checkpoint, read_checkpoint
+    from .model.checkpoint import load_official_checkpoint, own_checkpoint, read_checkpoint
 
     state = read_checkpoint(checkpoint)
     if isinstance(state, dict) and "net" in state:

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from .profile import profile_model, resolve_device
 
-from .checkpoint import load_checkpoint, load_trunk, save_checkpoint
+from .model.checkpoint import load_checkpoint, load_trunk, save_checkpoint
 from .config import runs_root, validate
 from .io import atomic_path, atomic_write_text
 from .losses import box_loss

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .model.checkpoint import load_checkpoint, save_checkpoint
 from .io import atomic_write_text
 from .train import SHIPPED_TRUNKS, baseline_trunk_config, ensure_baseline_trunk, run_checkpoint
 

@@ -27,8 +27,8 @@ from torch import nn
 
 from heads import RepVGGBlock
 
-from .io import atomic_path
-from .model import TRUNK_PREFIXES, StarkLightning
+from ..io import atomic_path
+from .stark import TRUNK_PREFIXES, StarkLightning
 
 _REPVGG_BRANCHES = {"dense": "rbr_dense", "pointwise": "rbr_1x1", "identity": "rbr_identity", "fused": "rbr_reparam"}
 _TOP_LEVEL = [
