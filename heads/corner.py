@@ -6,8 +6,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .activations import plain
 from .blocks import build_block
+from .layers import plain
 from .spec import BLOCK_OPTION_DEFAULTS as DEFAULTS, block_kwargs, check_head_options
 
 

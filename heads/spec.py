@@ -19,7 +19,7 @@ from enum import Enum
 from typing import Any, Sequence
 
 from . import blocks as _blocks
-from .activations import ACTIVATIONS, plain
+from .layers import ACTIVATIONS, plain
 
 ActivationName = Enum("ActivationName", {name: name for name in ACTIVATIONS}, type=str)
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from heads.profile import profile_head
+from heads.cost import profile_head
 from tracker.config import STRIDE, validate
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 from heads import CornerHead, reparameterize
 from model_helpers import randomise_bn as _randomise_bn
 from tracker.deploy import DeployedTracker, WinogradConvAct
-from tracker.evaluate import StarkTracker
+from tracker.evaluation import StarkTracker
 from tracker.model import StarkLightning
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))

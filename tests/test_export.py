@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from heads import CornerHead
-from heads.profile import deploy_copy
+from heads.cost import deploy_copy
 from model_helpers import randomise_bn as _randomise_bn
 from tracker.model.checkpoint import save_checkpoint
 from tracker.config import ConfigError, compose

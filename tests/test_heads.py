@@ -12,7 +12,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from heads import BLOCKS, CornerHead, HeadSpecError, RepVGGBlock, SoftArgmax2d, build_block, register_block, \
     reparameterize
-from heads.profile import count_macs, count_params, deploy_copy, profile_head
+from heads.cost import count_macs, count_params, deploy_copy, profile_head
 from tracker.config import compose
 
 

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tracker import metrics
 from tracker.config import compose
-from tracker.metrics import (OVERLAP_THRESHOLDS, ResultsError, centre_errors, centres_xywh, evaluate_sequences,
-                             fill_predictions, got10k_ious, iou_xywh, load_results_dir, normalised_centre_errors,
-                             plot_precision, plot_success, score_sequences, sequence_curves, write_results)
+from tracker.evaluation import (OVERLAP_THRESHOLDS, ResultsError, centre_errors, centres_xywh, evaluate_sequences,
+                                fill_predictions, got10k_ious, iou_xywh, load_results_dir, normalised_centre_errors,
+                                plot_precision, plot_success, score_directories, score_sequences, sequence_curves,
+                                write_results)
 
 ROOT = Path(__file__).resolve().parents[1]
 PERFECT_AUC = 100.0 * 20 / 21  # success at t = 1.0 needs IoU > 1: never
@@ -241,7 +241,7 @@ def test_write_results_is_atomic(tmp_path, monkeypatch):
         Path(fname).write_text("1,2,3,4\n")  # half written
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(metrics.np, "savetxt", crash)
+    monkeypatch.setattr(np, "savetxt", crash)
     with pytest.raises(KeyboardInterrupt):
         write_results(tmp_path, "a", walk(5))
     assert path.read_text() == before
@@ -347,7 +347,7 @@ def test_cli_errors_name_the_file_before_scoring(got10k):
     def run(*overrides):
         cfg = compose("metrics", ["data=got10k", f"data.root={got10k / 'got10k'}", "progress=false",
                                   "plots=false", *overrides])
-        return metrics.score_directories(cfg, got10k / "out")
+        return score_directories(cfg, got10k / "out")
 
     with pytest.raises(ValueError, match="results is required"):
         run()

@@ -9,7 +9,7 @@ import torch
 from hydra.utils import instantiate
 
 from heads import BLOCKS, CornerHead, reparameterize
-from heads.profile import count_params
+from heads.cost import count_params
 from tracker.model.checkpoint import CheckpointError, load_official_checkpoint, load_trunk, official_names, save_checkpoint
 from tracker.config import CONF_DIR, compose
 from tracker.model import StarkLightning

@@ -14,7 +14,7 @@ import torch
 from heads import CornerHead
 from tracker.model.checkpoint import official_names
 from tracker.config import CONF_DIR
-from tracker.evaluate import load_model
+from tracker.evaluation import load_model
 from tracker.model import StarkLightning
 
 ROOT = CONF_DIR.parent

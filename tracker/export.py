@@ -33,11 +33,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from heads.profile import deploy_copy, median_latency_ms
+from heads.cost import deploy_copy
 
 from .config import ConfigError
 from .io import atomic_path, atomic_write_text
 from .model import StarkLightning, TemplateMemory
+from .profile import median_latency_ms
 from .version import MODEL_VERSION
 
 log = logging.getLogger(__name__)
@@ -246,7 +247,7 @@ def check_options(cfg: DictConfig) -> None:
 
 
 def _main(cfg: DictConfig) -> None:
-    from .evaluate import load_model
+    from .evaluation import load_model
     from .profile import resolve_device
 
     check_options(cfg)

@@ -8,14 +8,33 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from heads.profile import count_macs, count_params, deploy_copy, median_latency_ms, profile_head
+from heads.cost import count_macs, count_params, deploy_copy, profile_head
 
 log = logging.getLogger(__name__)
+
+LATENCY_BLOCKS = 5  # the timed calls are split into at most this many blocks, each a sample of the median
+
+
+@torch.no_grad()
+def median_latency_ms(fn: Callable[[], Any], device: torch.device, warmup: int = 10, repeats: int = 50) -> float:
+    """Median time of one `fn()` call in ms, by `torch.utils.benchmark.Timer`, which synchronises the accelerator
+    (`device`'s, if any) around what it times: `warmup` calls, then `repeats` timed calls (rounded down to a
+    multiple of the block count) in up to `LATENCY_BLOCKS` equal blocks, each after the Timer's own untimed
+    warm-up calls (two for blocks under 300 calls). Each block gives one per-call time (block time / calls); the
+    median of those is robust to a block disturbed by other work, and no synchronisation is charged to each call."""
+    from torch.utils.benchmark import Measurement, Timer  # imported when timing: it loads the C++ extension tools
+
+    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    for _ in range(warmup):
+        fn()
+    blocks = min(repeats, LATENCY_BLOCKS)
+    measurement, = Measurement.merge(timer.timeit(repeats // blocks) for _ in range(blocks))
+    return measurement.median * 1e3
 
 
 class _SearchBranch(nn.Module):
@@ -107,7 +126,7 @@ def _main(cfg) -> None:
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     if cfg.checkpoint:
-        from .evaluate import load_model
+        from .evaluation import load_model
 
         model, model_cfg = load_model(cfg.checkpoint)
         log.info("profiling %s; the head and model overrides are ignored: the checkpoint's own model is used",

@@ -132,8 +132,7 @@ def sequence_scores(frame: pd.DataFrame, tracker: str = "model", subdir: Optiona
                     ) -> dict[int, pd.Series]:
     """Per-sequence AUCs of each completed, non-duplicate trial (trial number -> Series by sequence), read
     from its run directory (`subdir`: an evaluation below it, such as a transfer split's)."""
-    from tracker.evaluate import scores_dir
-    from tracker.metrics import read_per_sequence
+    from tracker.evaluation import read_per_sequence, scores_dir
 
     out = {}
     for _, row in frame.iterrows():

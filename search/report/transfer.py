@@ -56,8 +56,7 @@ def _compose_data(preset: str, extra: Sequence[str] = ()) -> Any:
 def evaluate_run(run_dir: Path, data: Any, where: str, progress: bool = False) -> None:
     """Tracks `data`'s evaluation split with a run's trained model; writes under run_dir/<where>/ (skipped when
     it is there: a rerun of the report costs nothing)."""
-    from tracker.evaluate import evaluate_on, load_model, scores_dir
-    from tracker.metrics import PER_SEQUENCE_FILE
+    from tracker.evaluation import PER_SEQUENCE_FILE, evaluate_on, load_model, scores_dir
     from tracker.profile import resolve_device
     from tracker.train import run_checkpoint
 
@@ -77,8 +76,7 @@ def transfer_table(frame: pd.DataFrame, table: pd.DataFrame, preset: str, conf: 
     """The references and the front (every seed) scored on `preset`: per architecture `test_auc_mean`,
     `test_auc_ci_low/high`, `test_n_seeds`, `test_static_auc`; and the rank agreement with the val means
     (Kendall's tau and its p-value)."""
-    from tracker.evaluate import scores_dir
-    from tracker.metrics import read_per_sequence
+    from tracker.evaluation import read_per_sequence, scores_dir
 
     chosen = table[table["pareto"] | table["role"].isin([Role.BASELINE, Role.USER_HEAD])]
     trials = completed(frame)

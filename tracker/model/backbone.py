@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from heads import RepVGGBlock
+from heads.layers import RepVGGBlock
 
 
 class RepVGGBackbone(nn.Module):

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from heads import RepVGGBlock
+from heads.layers import RepVGGBlock
 
 from ..io import atomic_path
 from .stark import TRUNK_PREFIXES, StarkLightning

@@ -1,22 +1,20 @@
-"""Parameter, MAC and latency counting with fvcore, and the cost of a head alone (what a sweep knows before
-training). The whole tracker's profile and its CLI are `tracker.profile` (`python -m tracker.profile`).
+"""What a head costs before it trains: parameters and MACs with fvcore, on the deploy form (RepVGG blocks
+reparameterised, BN folded). A sweep prices each candidate head with `profile_head`; the whole tracker's profile,
+latency included, and its CLI are `tracker.profile` (`python -m tracker.profile`).
 
-MACs count one multiply-add as one (fvcore's convention; FLOPs = 2 x MACs). Everything is measured on
-the deploy form (RepVGG blocks reparameterised).
+MACs count one multiply-add as one (fvcore's convention; FLOPs = 2 x MACs).
 """
 from __future__ import annotations
 
 import copy
 import math
-import statistics
-import time
 import warnings
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from .blocks import reparameterize
+from .layers import reparameterize
 
 # fvcore's import scripts a helper with torch.jit.script, which new torch flags as deprecated; harmless here
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
@@ -48,22 +46,6 @@ def count_params(module: nn.Module) -> int:
 def deploy_copy(module: nn.Module) -> nn.Module:
     """A reparameterised eval-mode copy; the original is untouched."""
     return reparameterize(copy.deepcopy(module).eval())
-
-
-@torch.no_grad()
-def median_latency_ms(fn: Callable[[], Any], device: torch.device, warmup: int = 10, repeats: int = 50) -> float:
-    """Median wall time of `fn()` after warm-up; CUDA is synchronised around every call."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def profile_head(head: nn.Module, in_channels: int, feat_size: int) -> dict[str, Any]:
