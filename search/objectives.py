@@ -13,7 +13,7 @@ if TYPE_CHECKING:  # numpy is imported where it is used: the sweeper's config im
 DIRECTIONS = ("maximize", "minimize")
 
 # The figures a tracker.train trial returns (tracker.train.run_trial, search.sweep.run) that can be objectives:
-# tracking scores (tracker.metrics.METRICS and the static-box tracker's), speed, the profile (heads.profile and
+# tracking scores (tracker.evaluation.METRICS and the static-box tracker's), speed, the profile (heads.cost and
 # tracker.profile) and training time. A name outside this list would train every trial and then fail each.
 METRIC_NAMES = (
     "auc", "op50", "op75", "precision", "norm_precision", "ao", "sr50", "sr75",
@@ -78,6 +78,13 @@ def _number(name: str, value: Any) -> float:
     if not math.isfinite(value):
         raise ObjectiveError(f"objective {name}={value} is not finite")
     return value
+
+
+def returned_figures(returned: Any) -> Any:
+    """A task's return as figures by name: a `tracker.task.TrialResult` gives its `figures()`; a mapping, a number
+    or a sequence (a plain task function) is taken as it is."""
+    figures = getattr(returned, "figures", None)
+    return figures() if callable(figures) else returned
 
 
 def objective_values(returned: Any, objectives: Sequence[Objective]) -> list[float]:

@@ -1,30 +1,23 @@
-"""Where a study lives and how a trial's job finds it again.
+"""Where a study lives: its storage, opened once per process, and the helpers that keep it sound.
 
 By default a study is an Optuna journal file, `<sweep dir>/journal.log`, which several local processes
 append to safely (Optuna's file lock); any Optuna storage URL (sqlite:///..., postgresql://...) works too.
-A job launched by the sweeper (in process or in a joblib worker) rebuilds its trial from the storage, the
-study name and the trial number the sweeper put in `hydra.sweeper.trial`, so it can report intermediate
-values and be pruned.
+How a trial's job finds its trial in the study is the sweeper's (hydra_plugins/lighttrack_sweeper/jobs.py).
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import socket
+import weakref
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import optuna
 from optuna.trial import TrialState
 
 from .record import TrialAttr
-
-_LIVE: dict[str, Any] = {}
-
-# what a job reports to its trial each epoch (tracker.train's on_epoch_end stats), and the trainer.fidelity
-# values at which those stats hold it: at full and finetune fidelity an epoch has no validation pass
-INTERMEDIATE_KEY = "val_iou"
-INTERMEDIATE_FIDELITIES = ("head",)
 
 
 def is_url(storage: str) -> bool:
@@ -45,20 +38,45 @@ class StorageError(ValueError):
 
 def open_storage(location: str) -> Any:
     """The storage at a URL or the journal file at a path (created with its folder); StorageError if it
-    cannot be opened or written."""
+    cannot be opened or written. Memoised per process: the sweeper and the jobs it runs in its own process
+    share one storage object (a journal is replayed once, not again for each trial); a journal file deleted
+    and created again at the same path is another file, opened anew."""
     try:
         if is_url(location):
-            return optuna.storages.get_storage(location)
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
-
+            return _url_storage(location)
         Path(location).parent.mkdir(parents=True, exist_ok=True)
         if Path(location).exists() and not os.access(location, os.W_OK):
             raise PermissionError(f"{location} is not writable")
-        return JournalStorage(JournalFileBackend(location))
+        with open(location, "ab"):  # created now (Optuna would create it), so that it has an identity
+            pass
+        identity = os.stat(location)
+        return _journal_storage(location, identity.st_dev, identity.st_ino)
     except Exception as e:  # SQLAlchemy, a database driver or the file system: many kinds, one meaning
         text = str(e).strip().splitlines()
         raise StorageError(f"{type(e).__name__}: {text[0] if text else 'no message'}") from None
+
+
+@functools.lru_cache(maxsize=16)
+def _url_storage(url: str) -> Any:
+    return optuna.storages.get_storage(url)
+
+
+@functools.lru_cache(maxsize=16)
+def _journal_storage(path: str, device: int, inode: int) -> Any:
+    """The journal file that is (device, inode) at `path`. The storage holds the file open for as long as it
+    lives, so that no file created later can be given that inode (file systems reuse a deleted file's inode
+    at once) and be served this storage's stale replay."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    pin = os.open(path, os.O_RDONLY)
+    opened = os.fstat(pin)
+    if (opened.st_dev, opened.st_ino) != (device, inode):
+        os.close(pin)
+        raise FileNotFoundError(f"{path} was replaced while it was opened")
+    storage = JournalStorage(JournalFileBackend(path))
+    weakref.finalize(storage, os.close, pin)
+    return storage
 
 
 @contextlib.contextmanager
@@ -72,24 +90,6 @@ def local_lock(location: str) -> Iterator[None]:
 
     with FileLock(location + ".sweeper.lock"):
         yield
-
-
-def remember(location: str, storage: Any) -> None:
-    """Lets in-process jobs reuse the sweeper's storage object instead of replaying the journal again."""
-    _LIVE[location] = storage
-
-
-def forget(location: str) -> None:
-    _LIVE.pop(location, None)
-
-
-def load(location: str, study_name: str, pruner: Any = None) -> tuple[optuna.Study, Any]:
-    """(study, storage) for a job: the sweeper's storage when in process; a random sampler, since a job
-    only reports and asks the pruner (it never samples)."""
-    storage = _LIVE[location] if location in _LIVE else open_storage(location)
-    study = optuna.load_study(study_name=study_name, storage=storage, pruner=pruner,
-                              sampler=optuna.samplers.RandomSampler())
-    return study, storage
 
 
 def trial_id(storage: Any, study_name: str, number: int) -> int:
@@ -123,42 +123,3 @@ def fail_orphans(study: optuna.Study, storage: Any) -> list[int]:
             study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
             failed.append(t.number)
     return failed
-
-
-def current_trial() -> Optional[optuna.Trial]:
-    """The Optuna trial of the running Hydra job, or None outside a sweep job (a plain run or grid) or when
-    the study has several objectives (Optuna prunes single-objective studies only)."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.utils import instantiate
-
-    if not HydraConfig.initialized():
-        return None
-    hydra_cfg = HydraConfig.get()
-    sweeper = hydra_cfg.sweeper
-    number = sweeper.get("trial") if "study_name" in sweeper else None
-    if number is None:
-        return None
-    if len(sweeper.objectives) != 1:
-        return None
-    location = storage_location(sweeper.storage, hydra_cfg.sweep.dir)
-    study, storage = load(location, sweeper.study_name, pruner=instantiate(sweeper.pruner))
-    return optuna.Trial(study, trial_id(storage, study.study_name, int(number)))
-
-
-def epoch_reporter(key: str = INTERMEDIATE_KEY) -> Optional[Callable[[int, dict], None]]:
-    """An `on_epoch_end(epoch, stats)` callback that reports `stats[key]` to the job's trial and raises
-    optuna.TrialPruned when the study's pruner says so; None when there is nothing to report to."""
-    trial = current_trial()
-    if trial is None:
-        return None
-
-    def report(epoch: int, stats: dict) -> None:
-        if key not in stats:
-            return
-        value = float(stats[key])
-        trial.report(value, epoch)
-        if trial.should_prune():
-            raise optuna.TrialPruned(f"pruned after epoch {epoch}: {key}={value:.4f} (intermediate values "
-                                     "below the pruner's cut)")
-
-    return report

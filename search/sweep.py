@@ -11,25 +11,24 @@ Each trial's run lives in runs/sweeps/<study>/trials/<number>/; the study in run
 """
 from __future__ import annotations
 
-import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from .study import INTERMEDIATE_KEY, epoch_reporter
+from hydra_plugins.lighttrack_sweeper.jobs import INTERMEDIATE_KEY, epoch_reporter
+
+if TYPE_CHECKING:
+    from tracker.task import TrialResult
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """One trial: train, evaluate, profile; the sweeper reads its objectives from the returned metrics.
+def run(cfg: DictConfig) -> TrialResult:
+    """One trial: train, evaluate, profile; the sweeper reads its objectives from the result's figures.
     Intermediate val IoU goes to the study's pruner when there is one."""
-    from tracker.train import run_trial
+    from tracker.task import run_trial
 
-    start = time.perf_counter()
-    result = run_trial(cfg, HydraConfig.get().runtime.output_dir, on_epoch_end=epoch_reporter(INTERMEDIATE_KEY),
-                       progress=False)
-    result.setdefault("seconds", time.perf_counter() - start)
-    return result
+    return run_trial(cfg, HydraConfig.get().runtime.output_dir, on_epoch_end=epoch_reporter(INTERMEDIATE_KEY),
+                     progress=False)
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ def fake_task(cfg):
     from omegaconf import OmegaConf
 
     from search.cost import head_cost
-    from search.study import epoch_reporter
+    from hydra_plugins.lighttrack_sweeper.jobs import epoch_reporter
 
     head = OmegaConf.to_container(cfg.head, resolve=True, enum_to_str=True)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -464,6 +464,57 @@ def test_samplers_are_chosen_by_config_and_seeded(tmp_path, sampler):
     assert len({tuple(sorted(t.params.items())) for t in first.trials}) == 4
 
 
+def test_sampler_and_pruner_options_are_typed_and_keep_optunas_other_defaults():
+    import inspect
+
+    from hydra.core.config_store import ConfigStore
+    from hydra.errors import ConfigCompositionException
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.lighttrack_sweeper.config import PRUNER_OPTIONS, SAMPLER_OPTIONS, register
+    from tracker.config import compose
+
+    ours = {"tpe": {"n_startup_trials": 8, "multivariate": True, "group": True, "constant_liar": True},
+            "nsga2": {"population_size": 8}, "random": {}, "grid": {}, "none": {},
+            "median": {"n_startup_trials": 2, "n_warmup_steps": 1},
+            "hyperband": {"min_resource": 1, "max_resource": "auto", "reduction_factor": 3}}
+    assert [name for name, _ in SAMPLER_OPTIONS + PRUNER_OPTIONS] == list(ours)
+    for name, node in SAMPLER_OPTIONS + PRUNER_OPTIONS:
+        fields = OmegaConf.to_container(OmegaConf.structured(node))
+        arguments = inspect.signature(get_class(fields.pop("_target_"))).parameters
+        assert set(fields) <= set(arguments), name  # every field is an argument of the constructor
+        assert {k: fields[k] for k in ours[name]} == ours[name]  # LightTrack's choices
+        assert {k: v for k, v in fields.items() if k not in ours[name]} == \
+            {k: arguments[k].default for k in fields if k not in ours[name]}, name  # Optuna's defaults
+    cfg = compose("sweep", ["trainer=tiny", "hydra/sweeper/pruner=hyperband"], return_hydra_config=True)
+    assert OmegaConf.get_type(cfg.hydra.sweeper.sampler).__name__ == "TPESamplerConfig"
+    assert OmegaConf.get_type(cfg.hydra.sweeper.pruner).__name__ == "HyperbandPrunerConfig"
+    # a wrong type fails when the config composes, naming the key
+    with pytest.raises(ConfigCompositionException, match=r"hydra\.sweeper\.sampler\.n_startup_trials=abc") as e:
+        compose("sweep", ["trainer=tiny", "hydra.sweeper.sampler.n_startup_trials=abc"], return_hydra_config=True)
+    assert "could not be converted to Integer" in str(e.value.__cause__)
+    # registered once: the ConfigStore says so (no flag in the plugin)
+    stored = ConfigStore.instance().repo["hydra"]["sweeper"]["sampler"]["tpe.yaml"]
+    register()
+    assert ConfigStore.instance().repo["hydra"]["sweeper"]["sampler"]["tpe.yaml"] is stored
+
+
+def test_a_storage_is_opened_once_per_process_and_a_recreated_journal_anew(tmp_path):
+    from hydra_plugins.lighttrack_sweeper.jobs import load as job_load
+
+    path = str(tmp_path / "s" / "journal.log")
+    storage = open_storage(path)
+    assert open_storage(path) is storage
+    optuna.create_study(study_name="a", storage=storage)
+    assert job_load(path, "a")[1] is storage  # a job in the sweep process: the sweeper's storage, not a replay
+    os.remove(path)
+    fresh = open_storage(path)  # the new file may get the deleted one's inode: it is still another file
+    assert fresh is not storage and optuna.get_all_study_names(fresh) == []
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    assert open_storage(url) is open_storage(url)
+
+
 def test_invalid_candidates_fail_before_training_and_count(tmp_path):
     ok(sweep(tmp_path / "s", "head=choice(dsconv)", "head.kernel_size=choice(4)", "hydra.sweeper.max_trials=4"))
     study = load(tmp_path / "s")
@@ -484,6 +535,15 @@ def _impl(**conf):
     return SweeperImpl(**{**settings, **conf})
 
 
+def test_a_seed_in_the_sampler_config_is_refused_for_the_sweepers_seed():
+    from hydra_plugins.lighttrack_sweeper._impl import SweepConfigError
+
+    with pytest.raises(SweepConfigError, match=r"hydra\.sweeper\.sampler\.seed=3 is not used: .* set "
+                                               r"hydra\.sweeper\.seed instead"):
+        _impl(sampler={"_target_": "optuna.samplers.TPESampler", "seed": 3})
+    assert _impl(sampler={"_target_": "optuna.samplers.TPESampler", "seed": None}).seed == 0
+
+
 def test_unknown_objective_name_is_refused_before_any_trial(tmp_path):
     result = sweep(tmp_path / "s", "hydra.sweeper.objectives=[{name:aucc,direction:maximize},"
                    "{name:head_macs,direction:minimize}]", "hydra.sweeper.max_trials=3")
@@ -498,7 +558,7 @@ def test_objective_names_are_the_figures_a_trial_returns():
     from search.cost import head_cost
     from search.objectives import DEFAULT_OBJECTIVES, METRIC_NAMES
     from tracker.config import compose
-    from tracker.metrics import METRICS
+    from tracker.evaluation import METRICS
 
     assert set(METRICS) | {o.name for o in DEFAULT_OBJECTIVES} <= set(METRIC_NAMES)
     assert set(head_cost(compose("train", ["trainer=tiny"]))) <= set(METRIC_NAMES)

@@ -91,17 +91,12 @@ def composes_lighttrack(search_path: ConfigSearchPath) -> bool:
     return config is not None and getattr(config, "CONF_DIR", None) == CONF_DIR
 
 
-_sweeper_registered = False
-
-
 def register_sweeper() -> None:
-    """`hydra/sweeper=lighttrack` with its sampler and pruner groups, in Hydra's ConfigStore (once)."""
-    global _sweeper_registered
-    if not _sweeper_registered:
-        from hydra_plugins.lighttrack_sweeper.config import register
+    """`hydra/sweeper=lighttrack` with its sampler and pruner groups, in Hydra's ConfigStore (`register` stores
+    them once; no flag here: Hydra's plugin scan re-runs this module and would reset one)."""
+    from hydra_plugins.lighttrack_sweeper.config import register
 
-        register()
-        _sweeper_registered = True
+    register()
 
 
 class LightTrackSearchPath(SearchPathPlugin):

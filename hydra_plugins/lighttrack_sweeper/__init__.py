@@ -6,4 +6,6 @@ sweeper itself (lighttrack_sweeper.py) imports Optuna only when a sweep starts."
 # Imported (not registered) here, before Hydra's plugin scan reaches it: the scan executes a module it has not
 # seen before it puts it in sys.modules, and a dataclass of a module with `from __future__ import annotations`
 # cannot be built there (dataclasses looks the module up in sys.modules).
-from . import config  # noqa: F401
+from . import config
+
+__all__ = ["config"]

@@ -29,13 +29,14 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
 from search.objectives import (ObjectiveError, non_dominated, objective_entries, objective_values,
-                               parse_objectives, scalar_metrics)
+                               parse_objectives, returned_figures, scalar_metrics)
 from search.record import Stage, StudyAttr, TrialAttr, arch_key, reason_attr
 from search.space import Space, build_space, format_value, merge_overrides
-from search.study import (INTERMEDIATE_FIDELITIES, INTERMEDIATE_KEY, StorageError, fail_orphans, forget,
-                          local_lock, open_storage, owner_attrs, remember, storage_location)
+from search.study import StorageError, fail_orphans, local_lock, open_storage, owner_attrs, storage_location
 from tracker.io import atomic_write_text
 from tracker.version import MODEL_VERSION
+
+from .jobs import INTERMEDIATE_FIDELITIES, INTERMEDIATE_KEY
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -186,6 +187,10 @@ class SweeperImpl:
         if n_trials is None and max_trials is None:
             raise SweepConfigError("hydra.sweeper.n_trials and hydra.sweeper.max_trials are both null: set one "
                                    "(n_trials: trials this process adds; max_trials: the study's total)")
+        if sampler is not None and sampler.get("seed") is not None:
+            raise SweepConfigError(f"hydra.sweeper.sampler.seed={sampler.get('seed')} is not used: the sweeper seeds "
+                                   "its sampler from hydra.sweeper.seed (one stream per sweep process sharing the "
+                                   "study); set hydra.sweeper.seed instead")
         self.multi = len(self.objectives) > 1
         if self.multi and pruner is not None and pruner.get("_target_") != "optuna.pruners.NopPruner":
             raise SweepConfigError(f"hydra.sweeper.pruner={pruner.get('_target_')} is not allowed with "
@@ -279,7 +284,6 @@ class SweeperImpl:
         orphans = fail_orphans(study, storage)
         if orphans:
             log.warning("trials %s were RUNNING in a sweep process that died: marked FAIL", orphans)
-        remember(self.location, storage)
         return study
 
     @staticmethod
@@ -339,12 +343,9 @@ class SweeperImpl:
                  self.location, self.study_name, self.location)
         self.states: Counter = Counter()
         self.launched = 0
-        try:
-            self._loop(study, space, self._room)
-            if self.confirm["seeds"] > 1:
-                self._loop(study, space, self._confirmation_room)
-        finally:
-            forget(self.location)
+        self._loop(study, space, self._room)
+        if self.confirm["seeds"] > 1:
+            self._loop(study, space, self._confirmation_room)
         self._summary(study)
         return [(t.number, t.state.name) for t in study.trials]
 
@@ -628,11 +629,12 @@ class SweeperImpl:
             self._tell(study, trial, job.params, job.role, state, job.started, reason=outcome.error,
                        seconds=outcome.seconds)
             return
-        metrics = scalar_metrics(outcome.value)
+        figures = returned_figures(outcome.value)
+        metrics = scalar_metrics(figures)
         if metrics:
             trial.set_user_attr(TrialAttr.METRICS, metrics)
         try:
-            values = objective_values(outcome.value, self.objectives)
+            values = objective_values(figures, self.objectives)
         except ObjectiveError as e:
             self._tell(study, trial, job.params, job.role, TrialState.FAIL, job.started, reason=str(e),
                        seconds=outcome.seconds)

@@ -8,24 +8,86 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
+from hydra.core.object_type import ObjectType
+from omegaconf import MISSING
 
 from search.objectives import DEFAULT_OBJECTIVES, objective_entries
 
-SAMPLERS: Dict[str, Dict[str, Any]] = {
-    # multivariate + group: TPE models the conditional dimensions jointly; constant_liar spreads parallel asks
-    "tpe": {"_target_": "optuna.samplers.TPESampler", "n_startup_trials": 8, "multivariate": True, "group": True,
-            "constant_liar": True},
-    "nsga2": {"_target_": "optuna.samplers.NSGAIISampler", "population_size": 8},
-    "random": {"_target_": "optuna.samplers.RandomSampler"},
-    # the sweeper fills search_space from the space
-    "grid": {"_target_": "optuna.samplers.GridSampler"},
-}
-PRUNERS: Dict[str, Dict[str, Any]] = {
-    "none": {"_target_": "optuna.pruners.NopPruner"},
-    "median": {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 2, "n_warmup_steps": 1},
-    "hyperband": {"_target_": "optuna.pruners.HyperbandPruner", "min_resource": 1, "max_resource": "auto",
-                  "reduction_factor": 3},
-}
+# -- samplers (`hydra/sweeper/sampler=NAME`): each option's fields are its constructor's arguments ------------------
+# A field left at Optuna's default is listed so that it can be set from the command line, typed
+# (`hydra.sweeper.sampler.n_ei_candidates=48`); `seed` is the sweeper's to set (hydra.sweeper.seed, one stream per
+# sweep process): it stays null here, and a value given is refused before any trial.
+@dataclass
+class SamplerConfig:
+    _target_: str = MISSING
+    seed: Optional[int] = None
+
+
+@dataclass
+class TPESamplerConfig(SamplerConfig):
+    """multivariate + group: TPE models the conditional dimensions jointly; constant_liar spreads parallel asks."""
+
+    _target_: str = "optuna.samplers.TPESampler"
+    n_startup_trials: int = 8
+    n_ei_candidates: int = 24
+    multivariate: bool = True
+    group: bool = True
+    constant_liar: bool = True
+
+
+@dataclass
+class NSGAIISamplerConfig(SamplerConfig):
+    _target_: str = "optuna.samplers.NSGAIISampler"
+    population_size: int = 8
+    mutation_prob: Optional[float] = None
+    crossover_prob: float = 0.9
+    swapping_prob: float = 0.5
+
+
+@dataclass
+class RandomSamplerConfig(SamplerConfig):
+    _target_: str = "optuna.samplers.RandomSampler"
+
+
+@dataclass
+class GridSamplerConfig(SamplerConfig):
+    """The sweeper builds it with the space's grid as its search_space."""
+
+    _target_: str = "optuna.samplers.GridSampler"
+
+
+# -- pruners (`hydra/sweeper/pruner=NAME`; single objective only) ---------------------------------------------------
+@dataclass
+class PrunerConfig:
+    _target_: str = MISSING
+
+
+@dataclass
+class NopPrunerConfig(PrunerConfig):
+    _target_: str = "optuna.pruners.NopPruner"
+
+
+@dataclass
+class MedianPrunerConfig(PrunerConfig):
+    _target_: str = "optuna.pruners.MedianPruner"
+    n_startup_trials: int = 2
+    n_warmup_steps: int = 1
+    interval_steps: int = 1
+    n_min_trials: int = 1
+
+
+@dataclass
+class HyperbandPrunerConfig(PrunerConfig):
+    _target_: str = "optuna.pruners.HyperbandPruner"
+    min_resource: int = 1
+    max_resource: Any = "auto"  # "auto" or an int (OmegaConf has no Union of str and int)
+    reduction_factor: int = 3
+    bootstrap_count: int = 0
+
+
+SAMPLER_OPTIONS = (("tpe", TPESamplerConfig), ("nsga2", NSGAIISamplerConfig), ("random", RandomSamplerConfig),
+                   ("grid", GridSamplerConfig))
+PRUNER_OPTIONS = (("none", NopPrunerConfig), ("median", MedianPrunerConfig), ("hyperband", HyperbandPrunerConfig))
 
 
 def _default_objectives() -> List[Any]:
@@ -77,9 +139,14 @@ class LightTrackSweeperConf:
 
 
 def register() -> None:
+    """`hydra/sweeper=lighttrack` and its sampler and pruner options, in Hydra's ConfigStore; once (the store
+    itself says whether it holds them: this module keeps no state, and Hydra's plugin scan may run it again)."""
     cs = ConfigStore.instance()
+    last_name, _ = PRUNER_OPTIONS[-1]
+    if cs.get_type(f"hydra/sweeper/pruner/{last_name}.yaml") == ObjectType.CONFIG:
+        return
     cs.store(group="hydra/sweeper", name="lighttrack", node=LightTrackSweeperConf, provider="lighttrack")
-    for name, node in SAMPLERS.items():
+    for name, node in SAMPLER_OPTIONS:
         cs.store(group="hydra/sweeper/sampler", name=name, node=node, provider="lighttrack")
-    for name, node in PRUNERS.items():
+    for name, node in PRUNER_OPTIONS:
         cs.store(group="hydra/sweeper/pruner", name=name, node=node, provider="lighttrack")
