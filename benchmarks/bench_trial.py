@@ -13,51 +13,48 @@ import argparse
 import tempfile
 import time
 
+from typing import Iterable, Iterator
+
 import torch
-from torchvision.ops import box_convert
 
 from tracker.config import compose
-from tracker.evaluate import StarkTracker, track_sequence
-from tracker.losses import box_loss
+from tracker.evaluation import StarkTracker, track_sequence
+from tracker.engine import Engine
 from tracker.train import Trial, build_optimizer
+
+
+def _steps_per_s(trial: Trial, optimizer: torch.optim.Optimizer, batches: Iterable, forward, steps: int) -> float:
+    """Steps per second of the training engine (the loop trials run) after two warm-up steps."""
+    engine = Engine(optimizer, trial.precision, trial.t.giou_weight, trial.t.l1_weight, trial.t.grad_clip, 1,
+                    progress=False)
+    sync = torch.cuda.synchronize if trial.device.type == "cuda" else (lambda: None)
+    marks = []
+
+    def timed(batches: Iterable) -> Iterator:
+        for i, batch in enumerate(batches):
+            if i == 2:  # after warm-up
+                sync()
+                marks.append(time.perf_counter())
+            yield batch
+
+    engine.run_epoch(timed(batches), forward, 0, steps=steps + 2)
+    sync()
+    return steps / (time.perf_counter() - marks[0])
 
 
 def full_steps_per_s(trial: Trial, steps: int) -> float:
     model = trial.build_model().train()
-    optimizer = build_optimizer(model, trial.t)
     loader = trial.pair_loader("train", trial.t.batch_size * (steps + 2), seed=0)
-    started = None
-    for i, batch in enumerate(loader):
-        if i == 2:  # after warm-up
-            started = time.perf_counter()
-        batch = {k: v.to(trial.device, non_blocking=True) for k, v in batch.items()}
-        with trial.precision.autocast():
-            out = model(batch["template"], batch["template_mask"], batch["search"], batch["search_mask"])
-        loss, _ = box_loss(out["corners"], box_convert(batch["search_box"], "xywh", "xyxy"))
-        trial.step(model, optimizer, loss, 0, i)
-    if trial.device.type == "cuda":
-        torch.cuda.synchronize()
-    return steps / (time.perf_counter() - started)
+    return _steps_per_s(trial, build_optimizer(model, trial.t), loader, trial.pair_forward(model), steps)
 
 
 def head_steps_per_s(trial: Trial, steps: int) -> float:
     model = trial.build_model().train()
-    optimizer = torch.optim.AdamW(model.head.parameters(), lr=trial.t.lr, weight_decay=trial.t.weight_decay)
     f = model.search_feat
     features = torch.randn(trial.t.batch_size, model.bottleneck.out_channels, f, f, device=trial.device)
     target = torch.tensor([[0.4, 0.4, 0.6, 0.6]], device=trial.device).expand(trial.t.batch_size, -1)
-    for i in range(steps + 2):
-        if i == 2:
-            if trial.device.type == "cuda":
-                torch.cuda.synchronize()
-            started = time.perf_counter()
-        with trial.precision.autocast():
-            corners = model.head(features)
-        loss, _ = box_loss(corners, target)
-        trial.step(model, optimizer, loss, 0, i)
-    if trial.device.type == "cuda":
-        torch.cuda.synchronize()
-    return steps / (time.perf_counter() - started)
+    optimizer = build_optimizer(model.head, trial.t)  # what a head-fidelity trial trains
+    return _steps_per_s(trial, optimizer, [(features, target)] * (steps + 2), trial.head_forward(model), steps)
 
 
 def tracking_fps(trial: Trial, sequences: int) -> tuple[float, float]:

@@ -90,8 +90,8 @@ def test_the_check_stops_at_its_time_budget(tmp_path, caplog):
 
 
 def test_evaluation_and_trial_check_the_data_before_any_work(tmp_path, monkeypatch):
-    from tracker.evaluate import evaluate_model
-    from tracker.train import run_trial
+    from tracker.evaluation import evaluate_model
+    from tracker.task import run_trial
 
     monkeypatch.setenv("LIGHTTRACK_RUNS", str(tmp_path / "runs"))
     _val(tmp_path / "got", [[float("nan")] * 4] + [[10, 10, 20, 10]] * 3)

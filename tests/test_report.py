@@ -195,7 +195,7 @@ def test_best_yaml_needs_the_confirmed_seeds(tmp_path):
 
 
 def test_best_yaml_composes_and_retrains(tmp_path, monkeypatch):
-    from tracker.train import run_trial
+    from tracker.task import run_trial
 
     monkeypatch.setenv("LIGHTTRACK_RUNS", str(tmp_path / "runs"))
     name = _fake_study(tmp_path)
@@ -203,7 +203,7 @@ def test_best_yaml_composes_and_retrains(tmp_path, monkeypatch):
     cfg = compose("best", [f"data.cache_dir={tmp_path / 'data'}"], config_dir=out)
     assert cfg.head.block == "dsconv" and cfg.head.num_blocks == 3 and cfg.trainer.epochs == 1
     result = run_trial(cfg, tmp_path / "retrain", progress=False)
-    assert result["head_params"] == 19_266
+    assert result.cost["head_params"] == 19_266
 
 
 def test_report_reads_a_plain_grid(tmp_path):

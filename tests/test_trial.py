@@ -15,8 +15,10 @@ from omegaconf import OmegaConf
 from tracker.model.checkpoint import load_checkpoint
 from tracker.config import CONF_DIR, compose
 from tracker.data import DataConfigError, pairs_key
-from tracker.evaluate import StaticBoxTracker, clip_box, load_model, track_sequence
-from tracker.train import NonFiniteLossError, Trial, run_trial, trial_data
+from tracker.evaluation import StaticBoxTracker, clip_box, load_model, track_sequence
+from tracker.engine import NonFiniteLossError
+from tracker.task import TrialResult, run_trial
+from tracker.train import Trial, trial_data
 
 ROOT = CONF_DIR.parent
 TINY_DATA = ["data.generate.train_sequences=4", "data.generate.val_sequences=2", "data.generate.frames=12",
@@ -40,7 +42,10 @@ def _cfg(workspace, *overrides):
 
 
 def test_tiny_trial_writes_every_artefact(workspace, tmp_path):
-    result = run_trial(_cfg(workspace, "head=dsconv"), tmp_path / "run", progress=False)
+    trial = run_trial(_cfg(workspace, "head=dsconv"), tmp_path / "run", progress=False)
+    assert isinstance(trial, TrialResult) and trial.head["block"] == "dsconv" and trial.fidelity == "full"
+    assert trial.timings["seconds"] >= trial.timings["train_seconds"] > 0
+    result = trial.figures()
     run = tmp_path / "run"
     for name in ["config.yaml", "metrics.json", "metrics.csv", "checkpoints/last.pt", "plots/training.png",
                  "plots/success_plot.png", "plots/precision_plot.png", "plots/per_sequence.csv"]:
@@ -48,7 +53,7 @@ def test_tiny_trial_writes_every_artefact(workspace, tmp_path):
     assert sorted(p.name for p in (run / "results" / "model").iterdir()) == sorted(
         p.name for p in (run / "results" / "static").iterdir())
     assert len(list((run / "results" / "model").glob("*.txt"))) == 2
-    assert json.loads((run / "metrics.json").read_text())["auc"] == result["auc"]
+    assert json.loads((run / "metrics.json").read_text()) == json.loads(json.dumps(result, default=str))
     for key in ["auc", "op50", "precision", "ao", "static_auc", "head_macs", "head_params", "model_macs",
                 "head_latency_ms", "fps", "run_dir"]:
         assert key in result, key
@@ -59,7 +64,7 @@ def test_tiny_trial_writes_every_artefact(workspace, tmp_path):
 def test_same_config_and_seed_give_the_same_metrics(workspace, tmp_path):
     a = run_trial(_cfg(workspace), tmp_path / "a", progress=False)
     b = run_trial(_cfg(workspace), tmp_path / "b", progress=False)
-    assert a["final_train_loss"] == b["final_train_loss"] and a["auc"] == b["auc"]
+    assert a.history["final_train_loss"] == b.history["final_train_loss"] and a.metrics["auc"] == b.metrics["auc"]
 
 
 def test_resume_after_interruption_matches_an_uninterrupted_run(workspace, tmp_path):
@@ -120,13 +125,13 @@ def test_head_fidelity_trains_only_the_head_on_the_cached_trunk(workspace, tmp_p
 
 
 def test_a_new_model_version_rebuilds_the_trunk_and_its_features(workspace, tmp_path, monkeypatch):
-    import tracker.train
+    import tracker.cache
 
     cfg = _cfg(workspace, "head=dsconv", "head.channels=16", "trainer.fidelity=head", "trainer.epochs=1")
     Trial(cfg, tmp_path / "v1", progress=False).train()
     count = lambda pattern: len(list((workspace / "runs").glob(pattern)))  # noqa: E731
     trunks, features = count("trunks/*/trunk.pt"), count("features/train-*.pt")
-    monkeypatch.setattr(tracker.train, "MODEL_VERSION", tracker.train.MODEL_VERSION + 1)
+    monkeypatch.setattr(tracker.cache, "MODEL_VERSION", tracker.cache.MODEL_VERSION + 1)
     Trial(cfg, tmp_path / "v2", progress=False).train()
     assert (count("trunks/*/trunk.pt"), count("features/train-*.pt")) == (trunks + 1, features + 1)
 
@@ -137,7 +142,7 @@ def test_finetune_from_an_explicit_trunk(workspace, tmp_path):
     cfg = _cfg(workspace, "head=dsconv", "trainer.fidelity=finetune", f"trainer.trunk={trunk}", "trainer.epochs=1")
     model = Trial(cfg, tmp_path / "ft", progress=False).build_model()
     assert torch.equal(model.bottleneck.weight, load_checkpoint(trunk)["model"]["bottleneck.weight"])
-    assert base["fidelity"] == "full"
+    assert base.fidelity == "full"
 
 
 def test_bad_trainer_values_fail_before_work(workspace):
@@ -217,7 +222,7 @@ def test_online_tracker_maps_a_perfect_prediction_back_to_the_ground_truth(works
     this pins the crop, the normalisation and the mapping back to the image."""
     from tracker.data.config import build_reader
     from tracker.data.processing import crop_region
-    from tracker.evaluate import StarkTracker
+    from tracker.evaluation import StarkTracker
     from tracker.model import StarkLightning
     from functools import partial
     from heads import CornerHead
@@ -291,6 +296,7 @@ def test_run_trial_validates_before_it_writes_the_run_directory(workspace, tmp_p
 def test_the_baseline_trunk_config_keeps_struct_mode(workspace, tmp_path, monkeypatch):
     """ensure_baseline_trunk edits a copy of the trial's config; struct mode must survive so that a misspelt key
     fails instead of being added."""
+    import tracker.cache
     import tracker.train
 
     seen = {}
@@ -304,7 +310,7 @@ def test_the_baseline_trunk_config_keeps_struct_mode(workspace, tmp_path, monkey
 
     monkeypatch.setattr(tracker.train, "Trial", capture)
     with pytest.raises(Stop):
-        tracker.train.ensure_baseline_trunk(_cfg(workspace, "trainer.baseline_trunk.epochs=7"), progress=False)
+        tracker.cache.ensure_baseline_trunk(_cfg(workspace, "trainer.baseline_trunk.epochs=7"), progress=False)
     assert seen["struct"] is True
 
 
@@ -316,7 +322,7 @@ def test_batched_evaluation_gives_the_same_boxes_as_one_sequence_at_a_time(works
 
     from heads import CornerHead
     from tracker.data.config import build_reader
-    from tracker.evaluate import StarkTracker, run_tracker
+    from tracker.evaluation import StarkTracker, run_tracker
     from tracker.model import StarkLightning
 
     reader = build_reader(_cfg(workspace).data)
@@ -337,6 +343,7 @@ def test_batched_evaluation_gives_the_same_boxes_as_one_sequence_at_a_time(works
 
 
 def test_make_trunk_ships_a_small_trunk_that_head_trials_then_start_from(workspace, tmp_path, monkeypatch):
+    import tracker.cache as cache_module
     import tracker.train as train_module
     from tracker.trunk import ship_trunk
 
@@ -350,13 +357,13 @@ def test_make_trunk_ships_a_small_trunk_that_head_trials_then_start_from(workspa
     assert all(v.dtype == torch.float16 for v in weights.values() if v.is_floating_point())
     # a fresh runs root: the shipped trunk is used, nothing is trained
     monkeypatch.setenv("LIGHTTRACK_RUNS", str(tmp_path / "fresh"))
-    monkeypatch.setattr(train_module, "SHIPPED_TRUNKS", tmp_path / "assets")
+    monkeypatch.setattr(cache_module, "SHIPPED_TRUNKS", tmp_path / "assets")
 
     def no_training(self):
         raise AssertionError("the trunk was trained although one is shipped")
 
     monkeypatch.setattr(train_module.Trial, "train", no_training)
-    path = train_module.ensure_baseline_trunk(cfg)
+    path = cache_module.ensure_baseline_trunk(cfg)
     assert path.parent.parent == tmp_path / "fresh" / "trunks"
     restored = load_checkpoint(path)["model"]
     assert all(torch.equal(restored[k], v.float()) for k, v in weights.items() if v.is_floating_point())

@@ -17,7 +17,8 @@ from tracker.data import GOT10k, DataConfigError, build_processing, crop_image, 
 
 # ---- finding 1: the online tracker normalises with the training config's mean and std -------------------------
 def test_the_tracker_feeds_the_model_what_training_processing_gives(tmp_path, monkeypatch):
-    import tracker.evaluate
+    import tracker.evaluation.tracker
+    from tracker.evaluation import evaluate_model
 
     make_got10k(tmp_path, "val", {"GOT-10k_Val_000001": dict(boxes=[[10, 10, 20, 12]] * 3, absence=[0] * 3,
                                                               cover=[8] * 3)})
@@ -35,7 +36,7 @@ def test_the_tracker_feeds_the_model_what_training_processing_gives(tmp_path, mo
         def track(self, pixels, mask, template):
             return {"boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}
 
-    monkeypatch.setattr(tracker.evaluate, "DeployedTracker", Recorder)
+    monkeypatch.setattr(tracker.evaluation.tracker, "DeployedTracker", Recorder)
     model = types.SimpleNamespace(template_size=32, search_size=64)
     base = ["trainer=tiny", "data=got10k", f"data.root={tmp_path}", f"data.cache_dir={tmp_path / 'cache'}",
             "evaluation.static_baseline=false"]
@@ -44,7 +45,7 @@ def test_the_tracker_feeds_the_model_what_training_processing_gives(tmp_path, mo
                                                      "data.processing.std=[0.5,0.4,0.3]"])):
         cfg = compose("train", [*base, *norm])
         fed.clear()
-        tracker.evaluate.evaluate_model(model, cfg, tmp_path / name, torch.device("cpu"), progress=False)
+        evaluate_model(model, cfg, tmp_path / name, torch.device("cpu"), progress=False)
         templates[name] = fed["template"]
     # what training's processing makes of the same crop
     sequence = GOT10k(tmp_path, "val").sequence(0)
@@ -90,9 +91,45 @@ def test_lr_gamma_must_be_a_factor_in_0_1(override):
     compose("train", ["trainer.lr_gamma=1"])
 
 
-@pytest.mark.parametrize("override,key", [("+trainer.optimizer=sgd", "trainer.optimizer"),
+@pytest.mark.parametrize("override,key", [("+trainer.optimiser=sgd", "trainer.optimiser"),
                                           ("+trainer.baseline_trunk.momentum=0.9", "trainer.baseline_trunk.momentum"),
                                           ("+evaluation.window=true", "evaluation.window")])
 def test_unknown_keys_added_with_plus_are_refused(override, key):
     with pytest.raises(ConfigError, match=rf"{key} is not a key of"):
         compose("train", [override])
+
+
+@pytest.mark.parametrize("override,message", [
+    ("trainer.optimizer._target_=torch.nn.Linear", r"trainer.optimizer._target_='torch.nn.Linear' is not allowed: "
+                                                   r"a subclass of torch.optim.Optimizer"),
+    ("trainer.optimizer._target_=torch.optim.Nope", r"trainer.optimizer._target_='torch.optim.Nope' is not allowed: "
+                                                    r"an importable class"),
+    ("trainer.scheduler._partial_=false", r"trainer.scheduler._partial_=False is not allowed: true"),
+    ("trainer.baseline_trunk.scheduler._target_=torch.optim.AdamW",
+     r"trainer.baseline_trunk.scheduler._target_='torch.optim.AdamW' is not allowed: a subclass of "
+     r"torch.optim.lr_scheduler.LRScheduler")])
+def test_a_bad_optimiser_or_schedule_fails_at_compose_time_named(override, message):
+    with pytest.raises(ConfigError, match=message):
+        compose("train", [override])
+
+
+def test_the_optimiser_and_schedule_are_partial_targets_the_trainer_calls():
+    """trainer.optimizer / trainer.scheduler are what the trainer builds (AdamW and StepLR by default, reading the
+    recipe's weight decay and steps), and another optimiser is an override away."""
+    from torch import nn
+
+    from tracker.train import build_optimizer
+
+    cfg = compose("train", ["trainer=tiny", "trainer.weight_decay=0.03", "trainer.lr_step_epochs=7"])
+    model = nn.Linear(2, 2)
+    optimizer = build_optimizer(model, cfg.trainer)
+    assert type(optimizer).__name__ == "AdamW" and optimizer.param_groups[0]["weight_decay"] == 0.03
+    assert optimizer.param_groups[0]["lr"] == cfg.trainer.lr
+    from hydra.utils import instantiate
+
+    scheduler = instantiate(cfg.trainer.scheduler)(optimizer)
+    assert type(scheduler).__name__ == "StepLR" and scheduler.step_size == 7
+    sgd = compose("train", ["trainer=tiny", "trainer.optimizer._target_=torch.optim.SGD",
+                            "+trainer.optimizer.momentum=0.9"])
+    optimizer = build_optimizer(model, sgd.trainer)
+    assert type(optimizer).__name__ == "SGD" and optimizer.param_groups[0]["momentum"] == 0.9

@@ -9,7 +9,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -76,6 +76,28 @@ def _check(conf: Any, prefix: str, positive_ints: Sequence[str] = (), non_negati
                 raise ConfigError(f"{prefix}.{name}={getattr(conf, name)!r} is not allowed: {allowed}")
 
 
+def _check_partial_target(node: Any, where: str, base: str) -> None:
+    """An optimiser or schedule node names an importable subclass of `base` and is `_partial_` (the trainer
+    supplies the parameters or the optimiser)."""
+    import importlib
+
+    def get_class(path: str) -> Any:
+        module, _, name = path.rpartition(".")
+        return getattr(importlib.import_module(module), name)
+
+    target = node.get("_target_")
+    if not node.get("_partial_", False):
+        raise ConfigError(f"{where}._partial_={node.get('_partial_')!r} is not allowed: true (the trainer passes "
+                          "the parameters or the optimiser)")
+    try:
+        cls, parent = get_class(str(target)), get_class(base)
+    except Exception:
+        raise ConfigError(f"{where}._target_={target!r} is not allowed: an importable class, a subclass of "
+                          f"{base}") from None
+    if not (isinstance(cls, type) and issubclass(cls, parent)):
+        raise ConfigError(f"{where}._target_={target!r} is not allowed: a subclass of {base}")
+
+
 @dataclass
 class TrainingRecipe:
     """What a training run's schedule and optimiser are: shared by a trial (TrainerConf) and the baseline
@@ -94,6 +116,13 @@ class TrainingRecipe:
     l1_weight: float = 5.0
     freeze_stage0: bool = True
     seed: int = 42
+    # the optimiser and schedule as partial targets: called with (parameter groups, lr=lr) and (optimiser);
+    # another one is an override (trainer.optimizer._target_=torch.optim.SGD +trainer.optimizer.momentum=0.9)
+    optimizer: Dict[str, Any] = field(default_factory=lambda: {
+        "_target_": "torch.optim.AdamW", "_partial_": True, "weight_decay": "${..weight_decay}"})
+    scheduler: Dict[str, Any] = field(default_factory=lambda: {
+        "_target_": "torch.optim.lr_scheduler.StepLR", "_partial_": True, "step_size": "${..lr_step_epochs}",
+        "gamma": "${..lr_gamma}"})
 
     _prefix = "trainer"  # how errors name the node (a class attribute, not a config field)
 
@@ -103,6 +132,8 @@ class TrainingRecipe:
                positive=("lr",))
         if not 0 < self.lr_gamma <= 1:  # a step schedule's factor: 0 or less zeroes or flips the rate
             raise ConfigError(f"{self._prefix}.lr_gamma={self.lr_gamma!r} is not allowed: a factor in (0, 1]")
+        for name, base in (("optimizer", "torch.optim.Optimizer"), ("scheduler", "torch.optim.lr_scheduler.LRScheduler")):
+            _check_partial_target(getattr(self, name), f"{self._prefix}.{name}", base)
 
 
 @dataclass

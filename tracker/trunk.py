@@ -2,7 +2,7 @@
 and shipped in the repository as `assets/trunks/<key>.pt` (fp16 weights, a few MB) with `<key>.json`: its
 provenance (the command, the trunk config, the data key, torch's version) and its scores on the val split and on
 the held-out test split beside the static box's. Head trials of that preset then start from it instead of training
-a trunk (tracker.train.ensure_baseline_trunk looks there first).
+a trunk (tracker.cache.ensure_baseline_trunk looks there first).
 """
 from __future__ import annotations
 
@@ -19,13 +19,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from .model.checkpoint import load_checkpoint, save_checkpoint
 from .io import atomic_write_text
-from .train import SHIPPED_TRUNKS, baseline_trunk_config, ensure_baseline_trunk, run_checkpoint
+from .cache import SHIPPED_TRUNKS, baseline_trunk_config, ensure_baseline_trunk
+from .train import run_checkpoint
 
 log = logging.getLogger(__name__)
 
 
 def _score(model: Any, cfg: DictConfig, data: Any, out: Path) -> dict[str, Any]:
-    from .evaluate import evaluate_on
+    from .evaluation import evaluate_on
 
     result = evaluate_on(model, cfg, data, out, device=torch.device("cpu"), progress=False)
     return {k: result.get(k) for k in ("auc", "precision", "static_auc", "static_precision", "sequences", "dataset")}
@@ -33,7 +34,7 @@ def _score(model: Any, cfg: DictConfig, data: Any, out: Path) -> dict[str, Any]:
 
 def ship_trunk(cfg: DictConfig, test_data: Any = None, out_dir: Path = SHIPPED_TRUNKS) -> dict[str, Any]:
     """Writes `<out_dir>/<key>.pt` and `<key>.json` for `cfg`'s baseline trunk; returns the provenance."""
-    from .evaluate import load_model
+    from .evaluation import load_model
 
     started = time.perf_counter()
     trunk_cfg, key = baseline_trunk_config(cfg)
