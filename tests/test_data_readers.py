@@ -9,7 +9,7 @@ import pytest
 from data_layouts import make_coco, make_got10k, make_lasot, make_trackingnet
 from tracker.data import (COCO, GOT10k, AnnotationError, DatasetNotFoundError, FrameMissingError, LaSOT, PairDataset,
                           PairProcessing, TrackingNet)
-from tracker.data.processing import CropSettings
+from tracker.data.processing import CropConf
 
 
 def test_got10k_train_reads_boxes_frames_and_visibility(tmp_path):
@@ -123,7 +123,7 @@ def test_sequence_without_visible_frames_is_skipped_with_a_warning(tmp_path):
         "GOT-10k_Train_000001": dict(boxes=[[1, 1, 8, 8]] * 3, absence=[1, 1, 1], cover=[0, 0, 0]),
         "GOT-10k_Train_000002": dict(boxes=[[20, 20, 10, 10]] * 3, absence=[0, 0, 0], cover=[8, 8, 8]),
     })
-    small = PairProcessing(CropSettings(32, 2.0), CropSettings(64, 5.0, 0.5, 4.5))
+    small = PairProcessing(CropConf(32, 2.0), CropConf(64, 5.0, 0.5, 4.5))
     pairs = PairDataset([(GOT10k(tmp_path, "train"), 1.0)], small, pairs_per_epoch=20, max_gap=5)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from tracker.data import (CropSettings, EpochSampler, PairDataset, PairProcessing, Sequence, SyntheticConfig,
+from tracker.data import (CropConf, EpochSampler, PairDataset, PairProcessing, Sequence, SyntheticConfig,
                           TrackingDataset, ensure_synthetic, make_loader, sample_frame_pair, GOT10k)
 
-SMALL = PairProcessing(CropSettings(32, 2.0), CropSettings(64, 5.0, 0.5, 4.5))
+SMALL = PairProcessing(CropConf(32, 2.0), CropConf(64, 5.0, 0.5, 4.5))
 
 
 def sequence(visible, name="s"):

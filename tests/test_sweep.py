@@ -649,3 +649,24 @@ def test_dry_run_shows_the_space_its_size_costs_and_the_study_and_writes_nothing
     out = sweep(tmp_path / "s", "hydra.sweeper.dry_run=true", "hydra.sweeper.max_trials=3").stdout
     assert "3 trial(s), 3 trained in the search, budget left: 0 (raise hydra.sweeper.max_trials above 3" in out
     assert len(load(tmp_path / "s").trials) == 3
+
+
+def test_a_recipe_stored_before_the_optimiser_and_crop_factors_moved_compares_equal():
+    """Studies on disk stay resumable: a recipe written when AdamW/StepLR were hard-coded and the evaluation had
+    its own copy of the crop factors is the same recipe today; a factor that differed stays a difference."""
+    import json
+
+    from hydra_plugins.lighttrack_sweeper._impl import SweeperImpl, _differences, _without_settings_of_no_effect
+    from tracker.config import compose
+
+    today = SweeperImpl._recipe(compose("sweep", []))
+    old = json.loads(json.dumps(today))
+    for node in (old["trainer"], old["trainer"]["baseline_trunk"]):
+        node.pop("optimizer"), node.pop("scheduler")
+    old["evaluation"].update(template_factor=2.0, search_factor=5.0)
+    assert _differences(_without_settings_of_no_effect(old), today) == []
+    old["evaluation"]["search_factor"] = 4.0
+    assert _differences(_without_settings_of_no_effect(old), today) == [("evaluation.search_factor", 4.0, None)]
+    old["trainer"]["weight_decay"] = 0.05  # the old AdamW read it: now a difference of the optimiser node too
+    assert ("trainer.optimizer.weight_decay", 0.05, today["trainer"]["weight_decay"]) in \
+        _differences(_without_settings_of_no_effect(old), today)

@@ -133,3 +133,35 @@ def test_the_optimiser_and_schedule_are_partial_targets_the_trainer_calls():
                             "+trainer.optimizer.momentum=0.9"])
     optimizer = build_optimizer(model, sgd.trainer)
     assert type(optimizer).__name__ == "SGD" and optimizer.param_groups[0]["momentum"] == 0.9
+
+
+def test_crop_sizes_are_the_models_and_a_mismatch_is_named():
+    cfg = compose("train", ["trainer=tiny"])
+    assert (cfg.data.processing.template.size, cfg.data.processing.search.size) == (32, 64) == \
+        (cfg.model.template_size, cfg.model.search_size)
+    with pytest.raises(ConfigError, match=r"data.processing.search.size=96 is not allowed: the model's "
+                                          r"model.search_size=64 \(set trainer.search_size to change both\)"):
+        compose("train", ["trainer=tiny", "data.processing.search.size=96"])
+
+
+def test_the_online_tracker_crops_with_trainings_factors(monkeypatch, tmp_path):
+    """One owner for the crop factors: data.processing's, read by training and by the online tracker."""
+    import tracker.evaluation.run as run
+
+    seen = {}
+
+    class Capture(Exception):
+        pass
+
+    def capture(model, device, template_factor, search_factor, *args, **kwargs):
+        seen.update(template=template_factor, search=search_factor)
+        raise Capture
+
+    monkeypatch.setattr(run, "StarkTracker", capture)
+    monkeypatch.setattr(run, "check_data", lambda *a, **k: None, raising=False)
+    cfg = compose("evaluate", ["data.processing.search.factor=4.0", f"data.cache_dir={tmp_path}",
+                               "data.generate.train_sequences=0", "data.generate.val_sequences=1",
+                               "data.generate.frames=3", "data.generate.width=64", "data.generate.height=64"])
+    with pytest.raises(Capture):
+        run.evaluate_model(None, cfg, tmp_path / "out", device=None, progress=False)
+    assert seen == {"template": 2.0, "search": 4.0}

@@ -188,8 +188,7 @@ class TrainerConf(TrainingRecipe):
 class EvaluationConf:
     """The online tracker (SPEC.md, Inference) and what to evaluate on."""
 
-    template_factor: float = 2.0
-    search_factor: float = 5.0
+    # the crops' context factors are training's (data.processing.template/search.factor): one owner
     margin: int = 10  # boxes are clipped to keep this many pixels inside the image
     max_sequences: Optional[int] = None  # the first N sequences of the split (null: all)
     static_baseline: bool = True  # also score the static-box tracker on the same sequences
@@ -198,9 +197,6 @@ class EvaluationConf:
     batch_sequences: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("template_factor", "search_factor"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"evaluation.{name}={getattr(self, name)} is not allowed: a number > 0")
         if self.margin < 0:
             raise ConfigError(f"evaluation.margin={self.margin} is not allowed: an integer >= 0")
         if self.batch_sequences < 1:
@@ -226,10 +222,23 @@ def _reject_unknown_keys(node: Any, prefix: str = "") -> None:
                 _reject_unknown_keys(child, f"{prefix}{key}.")
 
 
+def _check_crop_sizes(cfg: DictConfig) -> None:
+    """The crops training draws are the model's input sizes: one fact, which data.processing reads from the model
+    (conf/data/pairs/stark.yaml); an explicit override of one side must match the other."""
+    if "model" not in cfg or "processing" not in cfg.get("data", {}):
+        return
+    for crop, size in (("template", "template_size"), ("search", "search_size")):
+        data_size, model_size = cfg.data.processing[crop].size, cfg.model.get(size)
+        if model_size is not None and data_size != model_size:
+            raise ConfigError(f"data.processing.{crop}.size={data_size} is not allowed: the model's "
+                              f"model.{size}={model_size} (set trainer.{size} to change both)")
+
+
 def validate(cfg: DictConfig) -> Any:
-    """Runs every schema's checks (`__post_init__`) on a composed config, unknown keys included; raises before
-    any work starts."""
+    """Runs every schema's checks (`__post_init__`) on a composed config, unknown keys included, and the checks
+    across nodes; raises before any work starts."""
     _reject_unknown_keys(cfg)
+    _check_crop_sizes(cfg)
     return OmegaConf.to_object(cfg)
 
 

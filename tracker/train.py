@@ -59,12 +59,12 @@ def trunk_modules(model: StarkLightning) -> list[nn.Module]:
 
 
 def trial_data(cfg: DictConfig):
-    """The data config a trial's loaders read: the trainer's crop sizes and search jitter in place of the data
-    config's (which they override)."""
+    """The data config a trial's loaders read: the trainer's search jitter in place of the data config's when it
+    sets one. The crop sizes are the model's already (conf/data/pairs/stark.yaml reads them; validate checks)."""
     from .data import with_crops
 
     t = cfg.trainer
-    return with_crops(cfg.data, t.template_size, t.search_size, t.search_center_jitter, t.search_scale_jitter)
+    return with_crops(cfg.data, center_jitter=t.search_center_jitter, scale_jitter=t.search_scale_jitter)
 
 
 def run_checkpoint(run_dir: str | os.PathLike) -> Path:

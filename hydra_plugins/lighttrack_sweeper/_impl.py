@@ -122,6 +122,8 @@ NO_EFFECT = (("data", "cache_dir"), ("evaluation", "batch_sequences"))
 
 
 def _without_settings_of_no_effect(recipe: dict) -> dict:
+    """A recipe as today's code writes it, without the settings that change no result: a study stored by older
+    code compares equal when it trained the same way."""
     recipe = json.loads(json.dumps(recipe))
     for group, key in NO_EFFECT:
         if isinstance(recipe.get(group), dict):
@@ -129,6 +131,19 @@ def _without_settings_of_no_effect(recipe: dict) -> dict:
     generate = (recipe.get("data") or {}).get("generate")
     if isinstance(generate, dict) and generate.get("sources") == "default":  # older studies predate the option
         generate.pop("sources")
+    trainer = recipe.get("trainer")
+    for node in (trainer, (trainer or {}).get("baseline_trunk")):
+        if isinstance(node, dict) and "optimizer" not in node and "lr_step_epochs" in node:
+            # written before the optimiser and schedule were config nodes: they were AdamW and StepLR
+            node["optimizer"] = {"_target_": "torch.optim.AdamW", "_partial_": True,
+                                 "weight_decay": node.get("weight_decay", 1e-4)}
+            node["scheduler"] = {"_target_": "torch.optim.lr_scheduler.StepLR", "_partial_": True,
+                                 "step_size": node["lr_step_epochs"], "gamma": node.get("lr_gamma", 0.1)}
+    evaluation, processing = recipe.get("evaluation"), (recipe.get("data") or {}).get("processing") or {}
+    for crop in ("template", "search"):  # evaluation.*_factor was a copy of data.processing.*.factor
+        old = evaluation.pop(f"{crop}_factor", None) if isinstance(evaluation, dict) else None
+        if old is not None and old != (processing.get(crop) or {}).get("factor"):
+            evaluation[f"{crop}_factor"] = old  # it differed: a real difference, kept
     return recipe
 
 

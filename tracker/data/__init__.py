@@ -16,7 +16,7 @@ _EXPORTS = {
                "to_data_conf", "with_crops"),
     "got10k": ("GOT10k",),
     "lasot": ("LaSOT",),
-    "processing": ("Crop", "CropSettings", "PairProcessing", "crop_image", "crop_region"),
+    "processing": ("Crop", "CropConf", "PairProcessing", "crop_image", "crop_region"),
     "sampler": ("EpochSampler", "PairDataset", "make_loader", "sample_frame_pair"),
     "synthetic": ("SyntheticConfig", "ensure_synthetic"),
     "trackingnet": ("TrackingNet",),

@@ -16,7 +16,7 @@ from .check import CHECK_SECONDS, check_dataset
 from .coco import COCO
 from .got10k import GOT10k
 from .lasot import LaSOT
-from .processing import IMAGENET_MEAN, IMAGENET_STD, CropSettings, PairProcessing
+from .processing import IMAGENET_MEAN, IMAGENET_STD, SEARCH, TEMPLATE, CropConf, PairProcessing
 from .sampler import PairDataset, make_loader
 from .synthetic import SyntheticConfig, ensure_synthetic
 from .trackingnet import TrackingNet
@@ -63,17 +63,9 @@ class SamplingConf:
 
 
 @dataclass
-class CropConf:
-    size: int = 320
-    factor: float = 5.0  # crop side = ceil(sqrt(w * h) * factor)
-    scale_jitter: float = 0.0
-    center_jitter: float = 0.0
-
-
-@dataclass
 class ProcessingConf:
-    template: CropConf = field(default_factory=lambda: CropConf(128, 2.0, 0.0, 0.0))
-    search: CropConf = field(default_factory=lambda: CropConf(320, 5.0, 0.5, 4.5))
+    template: CropConf = field(default_factory=lambda: replace(TEMPLATE))
+    search: CropConf = field(default_factory=lambda: replace(SEARCH))
     grayscale: float = 0.05
     flip: float = 0.5
     brightness: float = 0.2
@@ -200,8 +192,7 @@ def build_sources(cfg: Any) -> list[tuple[TrackingDataset, float]]:
 
 def build_processing(cfg: Any) -> PairProcessing:
     p = to_data_conf(cfg).processing
-    crops = [CropSettings(c.size, c.factor, c.scale_jitter, c.center_jitter) for c in (p.template, p.search)]
-    return PairProcessing(*crops, grayscale=p.grayscale, flip=p.flip, brightness=p.brightness, mean=p.mean, std=p.std)
+    return PairProcessing(p.template, p.search, grayscale=p.grayscale, flip=p.flip, brightness=p.brightness, mean=p.mean, std=p.std)
 
 
 def build_pair_dataset(cfg: Any, pairs_per_epoch: int = 60000, seed: int = 0) -> PairDataset:

@@ -81,23 +81,26 @@ def crop_image(image: Image.Image, cx: float, cy: float, side: float, size: int
     return out, mask, crop
 
 
-@dataclass(frozen=True)
-class CropSettings:
+@dataclass
+class CropConf:
+    """One crop of a pair (template or search), the data config's schema and what the processing reads."""
+
     size: int = 320
-    factor: float = 5.0
+    factor: float = 5.0  # crop side = ceil(sqrt(w * h) * factor)
     scale_jitter: float = 0.0
     center_jitter: float = 0.0
 
 
-TEMPLATE = CropSettings(128, 2.0)
-SEARCH = CropSettings(320, 5.0, 0.5, 4.5)
+# STARK-Lightning's crops (SPEC.md): the one place their values are written; the online tracker uses the factors
+TEMPLATE = CropConf(128, 2.0)
+SEARCH = CropConf(320, 5.0, 0.5, 4.5)
 
 
 class PairProcessing:
     """Turns (template image, box, search image, box) into network inputs, STARK's way: jittered crops,
     then grayscale (joint, p), horizontal flip (joint, p), brightness jitter (per image), normalisation."""
 
-    def __init__(self, template: CropSettings = TEMPLATE, search: CropSettings = SEARCH, grayscale: float = 0.05,
+    def __init__(self, template: CropConf = TEMPLATE, search: CropConf = SEARCH, grayscale: float = 0.05,
                  flip: float = 0.5, brightness: float = 0.2, mean: Seq[float] = IMAGENET_MEAN,
                  std: Seq[float] = IMAGENET_STD):
         self.settings = {"template": template, "search": search}

@@ -135,6 +135,11 @@ class SourceImages(NamedTuple):
     colour: tuple[str, ...]  # targets, and 60 % of backgrounds and occluders
     gray: tuple[str, ...]  # tinted: the other backgrounds and occluders
     tinted_targets: tuple[str, ...] = ()  # images of `gray` also cut (tinted) into targets: too few colour ones
+    # the share of draws that are procedural textures (`procedural_texture`) instead of an image, and the share
+    # of image draws recoloured (channels permuted, some inverted): so a trunk learns to match the template, not
+    # to recognise the few images it saw
+    procedural: float = 0.0
+    recolour: float = 0.0
 
 
 COLOUR_IMAGES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "retina", "immunohistochemistry")
@@ -149,6 +154,8 @@ SOURCES: dict[str, SourceImages] = {
     "default": SourceImages(COLOUR_IMAGES, GRAY_IMAGES),
     "held_out": SourceImages(("stereo_motorcycle", "logo"), ("lfw_subset", "microaneurysms"),
                              tinted_targets=("lfw_subset",)),
+    # the default images, half the draws replaced by procedural textures and half the rest recoloured
+    "varied": SourceImages(COLOUR_IMAGES, GRAY_IMAGES, procedural=0.5, recolour=0.5),
 }
 
 
@@ -178,9 +185,76 @@ def _tinted(gray: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (gray[..., None] * tint).astype(np.uint8)
 
 
+def _palette(rng: np.random.Generator, values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] (H, W) through a random 3-5 colour map: uint8 (H, W, 3)."""
+    stops = rng.uniform(0, 255, (int(rng.integers(3, 6)), 3))
+    at = np.linspace(0.0, 1.0, len(stops))
+    return np.stack([np.interp(values, at, stops[:, c]) for c in range(3)], -1).astype(np.uint8)
+
+
+def _fractal_noise(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Octaves of upsampled white noise (1/f-like), normalised to [0, 1]."""
+    total = np.zeros((size, size), np.float32)
+    base = int(rng.integers(2, 6))
+    for octave in range(5):
+        cells = base * 2 ** octave
+        noise = Image.fromarray(rng.normal(0, 1, (cells, cells)).astype(np.float32), mode="F")
+        total += 0.55 ** octave * np.asarray(noise.resize((size, size), Image.Resampling.BICUBIC))
+    return (total - total.min()) / max(float(np.ptp(total)), 1e-6)
+
+
+def procedural_texture(rng: np.random.Generator, size: int = 256) -> np.ndarray:
+    """A textured colour image (size, size, 3) uint8 of one of four kinds: fractal noise, oriented gratings,
+    scattered ellipses, or tiles, each through a random colour map; unlimited variety, nothing downloaded."""
+    from PIL import ImageDraw, ImageFilter
+
+    kind = int(rng.integers(4))
+    u = np.arange(size, dtype=np.float32)
+    x, y = np.meshgrid(u, u)
+    if kind == 0:
+        return _palette(rng, _fractal_noise(rng, size))
+    if kind == 1:
+        values = np.zeros((size, size), np.float32)
+        for _ in range(int(rng.integers(1, 4))):
+            theta, period = rng.uniform(0, np.pi), rng.uniform(6, 40)
+            values += np.sin(2 * np.pi * (x * np.cos(theta) + y * np.sin(theta)) / period + rng.uniform(0, 6.3))
+        values += 0.6 * (_fractal_noise(rng, size) - 0.5)
+        return _palette(rng, (values - values.min()) / max(float(np.ptp(values)), 1e-6))
+    if kind == 2:
+        image = Image.new("RGB", (size, size), tuple(int(c) for c in rng.integers(0, 256, 3)))
+        draw = ImageDraw.Draw(image)
+        for _ in range(int(rng.integers(20, 80))):
+            cx, cy, rx, ry = rng.uniform(0, size), rng.uniform(0, size), *rng.uniform(4, size / 6, 2)
+            draw.ellipse((cx - rx, cy - ry, cx + rx, cy + ry), fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+        return np.asarray(image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0, 1.5)))))
+    tile = rng.uniform(8, 40)
+    cells = (np.floor(x / tile) + np.floor(y / tile * rng.uniform(0.5, 2.0))) % int(rng.integers(2, 5))
+    values = cells / max(float(cells.max()), 1.0) + 0.35 * _fractal_noise(rng, size)
+    return _palette(rng, values / max(float(values.max()), 1e-6))
+
+
+def _recoloured(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Channels permuted, each inverted with probability 1/3: other colours, the same structure."""
+    image = image[..., rng.permutation(3)]
+    invert = rng.random(3) < 1 / 3
+    return np.where(invert, 255 - image, image).astype(np.uint8)
+
+
 def _source_image(rng: np.random.Generator, source: str = "default", colour_only: bool = False) -> np.ndarray:
     """An image of SOURCES[source]: `colour_only` (a target): a colour one, or a tinted one of its
-    `tinted_targets`; else a colour one (60 %) or a tinted gray one."""
+    `tinted_targets`; else a colour one (60 %) or a tinted gray one. With `procedural` or `recolour` set,
+    that share of draws is a procedural texture or a recoloured image instead (no draw is spent otherwise, so
+    the other sources generate what they always did)."""
+    images = SOURCES[source]
+    if images.procedural and rng.random() < images.procedural:
+        return procedural_texture(rng)
+    image = _drawn_image(rng, source, colour_only)
+    if images.recolour and image.ndim == 3 and rng.random() < images.recolour:
+        return _recoloured(image, rng)
+    return image
+
+
+def _drawn_image(rng: np.random.Generator, source: str, colour_only: bool) -> np.ndarray:
     images = SOURCES[source]
     colour, gray = textures(source)
     if colour_only:  # with no tinted_targets, the same draws as colour[rng.integers(len(colour))]

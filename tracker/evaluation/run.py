@@ -34,12 +34,12 @@ def evaluate_model(model: StarkLightning, cfg: DictConfig, out_dir: str | Path, 
     out_dir, ev = Path(out_dir), cfg.evaluation
     check_data(cfg.data, train=False)  # a broken sequence fails here, named, not mid-evaluation
     reader = build_reader(cfg.data)
-    norm = to_data_conf(cfg.data).processing
+    processing = to_data_conf(cfg.data).processing  # the crops and normalisation training used
     names = reader.sequence_names()[: ev.max_sequences]
     sequences = [reader.sequence(n) for n in names]
     sizes = {s.name: size for s in sequences if (size := image_size(s)) is not None}
-    trackers: list[Tracker] = [StarkTracker(model, device, ev.template_factor, ev.search_factor, ev.margin,
-                                            mean=norm.mean, std=norm.std)]
+    trackers: list[Tracker] = [StarkTracker(model, device, processing.template.factor, processing.search.factor,
+                                            ev.margin, mean=processing.mean, std=processing.std)]
     if ev.static_baseline:
         trackers.append(StaticBoxTracker())
     scores, speed = {}, {}

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.processing import IMAGENET_MEAN, IMAGENET_STD, PairProcessing, crop_image, crop_region
+from ..data.processing import IMAGENET_MEAN, IMAGENET_STD, SEARCH, TEMPLATE, PairProcessing, crop_image, crop_region
 from ..deploy import DeployedTracker, TemplateCache
 from ..model import StarkLightning
 from .results import write_results
@@ -42,8 +42,8 @@ class StarkTracker:
 
     name = "model"
 
-    def __init__(self, model: StarkLightning, device: torch.device, template_factor: float = 2.0,
-                 search_factor: float = 5.0, margin: int = 10, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    def __init__(self, model: StarkLightning, device: torch.device, template_factor: float = TEMPLATE.factor,
+                 search_factor: float = SEARCH.factor, margin: int = 10, mean=IMAGENET_MEAN, std=IMAGENET_STD):
         self.model = DeployedTracker(model, device)
         self.device, self.margin = device, margin
         self.template_factor, self.search_factor = template_factor, search_factor
