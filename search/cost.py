@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from heads.cost import profile_head
-from tracker.config import STRIDE, validate
+from tracker.config import STRIDE, job_config, validate
 
 
 def head_cost(cfg: DictConfig) -> dict[str, Any]:
@@ -15,7 +15,7 @@ def head_cost(cfg: DictConfig) -> dict[str, Any]:
     feature size: head_params, head_params_deploy, head_macs (milliseconds, no training)."""
     from hydra.utils import instantiate
 
-    task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]) if "hydra" in cfg else cfg
+    task = job_config(cfg)
     validate(task)
     in_channels, feat_size = int(task.model.hidden_dim), int(task.model.search_size) // STRIDE
     head = instantiate(task.head)(in_channels=in_channels, feat_size=feat_size, stride=STRIDE)

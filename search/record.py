@@ -88,9 +88,9 @@ def head_key(head: Mapping[str, Any]) -> str:
 
 def arch_key(head: Mapping[str, Any]) -> str:
     """A short stable name for an architecture (the digest of head_key): the `arch` column of every table."""
-    import hashlib
+    from tracker.io import stable_hash
 
-    return hashlib.sha1(head_key(head).encode()).hexdigest()[:10]
+    return stable_hash(head_key(head), 10, "sha1")
 
 
 def study_objectives(study: Any) -> list[Objective]:

@@ -155,7 +155,7 @@ def test_default_key_is_unchanged():
 
 
 def test_bad_sources_is_refused_naming_the_field():
-    with pytest.raises(ValueError, match=r"synthetic\.sources='x' is not allowed: one of \['default', 'held_out'\]"):
+    with pytest.raises(ValueError, match=r"synthetic\.sources='x' is not allowed: one of \['default', 'held_out', 'varied'\]"):
         SyntheticConfig(sources="x")
     with pytest.raises(ValueError, match="sources"):
         parse_args(["sources=x"])
@@ -236,3 +236,22 @@ def test_synthetic_test_preset_evaluates_and_refuses_training(tmp_path, monkeypa
     assert reader.root.parent == tmp_path and reader.root.name == f"synthetic-{to_data_conf(small).generate.key()}"
     with pytest.raises(ValueError, match="no sequence"):
         build_pair_dataset(small, pairs_per_epoch=2)
+
+
+def test_varied_sources_mix_procedural_and_recoloured_textures_and_keep_held_out_images_out():
+    """sources=varied: the default images (never a held-out one), half the draws procedural textures (textured,
+    deterministic per seed), half the rest recoloured; the default source draws exactly what it always did."""
+    import numpy as np
+
+    from tracker.data.synthetic import SOURCES, _source_image, procedural_texture, textures
+
+    a, b = procedural_texture(np.random.default_rng(3)), procedural_texture(np.random.default_rng(3))
+    assert a.shape == (256, 256, 3) and a.dtype == np.uint8 and np.array_equal(a, b) and a.std() > 10
+    assert SOURCES["varied"].colour == SOURCES["default"].colour and SOURCES["varied"].gray == SOURCES["default"].gray
+    default_colour = textures("default")[0]
+    draws = [_source_image(np.random.default_rng(i), "varied", colour_only=True) for i in range(40)]
+    as_is = sum(any(d.shape == c.shape and np.array_equal(d, c) for c in default_colour) for d in draws)
+    assert 0 < as_is < 20  # some images unchanged, most procedural or recoloured
+    rng_default = [_source_image(np.random.default_rng(i), "default", colour_only=True) for i in range(5)]
+    assert all(any(d is c for c in default_colour) for d in rng_default)
+    assert SyntheticConfig(sources="varied").key() != SyntheticConfig().key()

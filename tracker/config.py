@@ -25,7 +25,12 @@ STRIDE = 16
 
 
 class ConfigError(ValueError):
-    pass
+    """A config value outside what is allowed (`not_allowed` words it)."""
+
+
+def not_allowed(key: str, value: Any, allowed: str, error: type[ValueError] = ConfigError) -> ValueError:
+    """The one wording of a bad value: `<key>=<value> is not allowed: <what is>` (values shown as given)."""
+    return error(f"{key}={value} is not allowed: {allowed}")
 
 
 @dataclass
@@ -48,16 +53,16 @@ class ModelConf:
         for name in ("template_size", "search_size"):
             size = getattr(self, name)
             if size < STRIDE or size % STRIDE:
-                raise ConfigError(f"model.{name}={size} is not allowed: a positive multiple of {STRIDE}")
+                raise not_allowed(f"model.{name}", size, f"a positive multiple of {STRIDE}")
         if self.hidden_dim % 2 or self.hidden_dim % self.num_heads:
-            raise ConfigError(f"model.hidden_dim={self.hidden_dim} is not allowed: even and divisible by "
-                              f"model.num_heads={self.num_heads}")
+            raise not_allowed("model.hidden_dim", self.hidden_dim, f"even and divisible by model.num_heads="
+                                                                   f"{self.num_heads}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout={self.dropout} is not allowed: in [0, 1)")
+            raise not_allowed("model.dropout", self.dropout, "in [0, 1)")
         for name in ("backbone_depths", "backbone_widths"):
             values: Sequence[int] = getattr(self, name)
             if len(values) != 4 or any(v < 1 for v in values):
-                raise ConfigError(f"model.{name}={list(values)} is not allowed: 4 positive integers (stage0..3)")
+                raise not_allowed(f"model.{name}", list(values), "4 positive integers (stage0..3)")
 
 
 FIDELITIES = ("full", "finetune", "head")
@@ -73,7 +78,7 @@ def _check(conf: Any, prefix: str, positive_ints: Sequence[str] = (), non_negati
     for names, ok, allowed in rules:
         for name in names:
             if not ok(getattr(conf, name)):
-                raise ConfigError(f"{prefix}.{name}={getattr(conf, name)!r} is not allowed: {allowed}")
+                raise not_allowed(f"{prefix}.{name}", repr(getattr(conf, name)), allowed)
 
 
 def _check_partial_target(node: Any, where: str, base: str) -> None:
@@ -87,15 +92,14 @@ def _check_partial_target(node: Any, where: str, base: str) -> None:
 
     target = node.get("_target_")
     if not node.get("_partial_", False):
-        raise ConfigError(f"{where}._partial_={node.get('_partial_')!r} is not allowed: true (the trainer passes "
-                          "the parameters or the optimiser)")
+        raise not_allowed(f"{where}._partial_", repr(node.get("_partial_")),
+                          "true (the trainer passes the parameters or the optimiser)")
     try:
         cls, parent = get_class(str(target)), get_class(base)
     except Exception:
-        raise ConfigError(f"{where}._target_={target!r} is not allowed: an importable class, a subclass of "
-                          f"{base}") from None
+        raise not_allowed(f"{where}._target_", repr(target), f"an importable class, a subclass of {base}") from None
     if not (isinstance(cls, type) and issubclass(cls, parent)):
-        raise ConfigError(f"{where}._target_={target!r} is not allowed: a subclass of {base}")
+        raise not_allowed(f"{where}._target_", repr(target), f"a subclass of {base}")
 
 
 @dataclass
@@ -131,7 +135,7 @@ class TrainingRecipe:
                non_negative=("weight_decay", "grad_clip", "giou_weight", "l1_weight", "backbone_lr_scale"),
                positive=("lr",))
         if not 0 < self.lr_gamma <= 1:  # a step schedule's factor: 0 or less zeroes or flips the rate
-            raise ConfigError(f"{self._prefix}.lr_gamma={self.lr_gamma!r} is not allowed: a factor in (0, 1]")
+            raise not_allowed(f"{self._prefix}.lr_gamma", repr(self.lr_gamma), "a factor in (0, 1]")
         for name, base in (("optimizer", "torch.optim.Optimizer"), ("scheduler", "torch.optim.lr_scheduler.LRScheduler")):
             _check_partial_target(getattr(self, name), f"{self._prefix}.{name}", base)
 
@@ -166,7 +170,7 @@ class TrainerConf(TrainingRecipe):
 
     def __post_init__(self) -> None:
         def fail(name: str, allowed: str) -> None:
-            raise ConfigError(f"trainer.{name}={getattr(self, name)!r} is not allowed: {allowed}")
+            raise not_allowed(f"trainer.{name}", repr(getattr(self, name)), allowed)
 
         if self.fidelity not in FIDELITIES:
             fail("fidelity", f"one of {list(FIDELITIES)}")
@@ -198,11 +202,11 @@ class EvaluationConf:
 
     def __post_init__(self) -> None:
         if self.margin < 0:
-            raise ConfigError(f"evaluation.margin={self.margin} is not allowed: an integer >= 0")
+            raise not_allowed("evaluation.margin", self.margin, "an integer >= 0")
         if self.batch_sequences < 1:
-            raise ConfigError(f"evaluation.batch_sequences={self.batch_sequences} is not allowed: an integer >= 1")
+            raise not_allowed("evaluation.batch_sequences", self.batch_sequences, "an integer >= 1")
         if self.max_sequences is not None and self.max_sequences < 1:
-            raise ConfigError(f"evaluation.max_sequences={self.max_sequences} is not allowed: null or >= 1")
+            raise not_allowed("evaluation.max_sequences", self.max_sequences, "null or >= 1")
 
 
 def _reject_unknown_keys(node: Any, prefix: str = "") -> None:
@@ -222,6 +226,11 @@ def _reject_unknown_keys(node: Any, prefix: str = "") -> None:
                 _reject_unknown_keys(child, f"{prefix}{key}.")
 
 
+def job_config(cfg: DictConfig, drop: Sequence[str] = ("hydra",)) -> DictConfig:
+    """The job's config without Hydra's own node (and any other top-level keys in `drop`): what a trial is."""
+    return OmegaConf.masked_copy(cfg, [k for k in cfg if k not in drop]) if any(k in cfg for k in drop) else cfg
+
+
 def _check_crop_sizes(cfg: DictConfig) -> None:
     """The crops training draws are the model's input sizes: one fact, which data.processing reads from the model
     (conf/data/pairs/stark.yaml); an explicit override of one side must match the other."""
@@ -230,8 +239,8 @@ def _check_crop_sizes(cfg: DictConfig) -> None:
     for crop, size in (("template", "template_size"), ("search", "search_size")):
         data_size, model_size = cfg.data.processing[crop].size, cfg.model.get(size)
         if model_size is not None and data_size != model_size:
-            raise ConfigError(f"data.processing.{crop}.size={data_size} is not allowed: the model's "
-                              f"model.{size}={model_size} (set trainer.{size} to change both)")
+            raise not_allowed(f"data.processing.{crop}.size", data_size,
+                              f"the model's model.{size}={model_size} (set trainer.{size} to change both)")
 
 
 def validate(cfg: DictConfig) -> Any:
@@ -256,7 +265,7 @@ def compose(config_name: str, overrides: Sequence[str] = (), config_dir: str | P
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(Path(config_dir or CONF_DIR).resolve()), version_base="1.3"):
         cfg = hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=return_hydra_config)
-    validate(cfg if not return_hydra_config else OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+    validate(job_config(cfg))
     return cfg
 
 

@@ -17,9 +17,10 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .model.checkpoint import load_checkpoint, save_checkpoint
-from .io import atomic_write_text
 from .cache import SHIPPED_TRUNKS, baseline_trunk_config, ensure_baseline_trunk
+from .config import job_config
+from .io import atomic_write_text
+from .model.checkpoint import load_checkpoint, save_checkpoint
 from .train import run_checkpoint
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def ship_trunk(cfg: DictConfig, test_data: Any = None, out_dir: Path = SHIPPED_T
 
 def _main(cfg: DictConfig) -> None:
     test = cfg.get("test_data")
-    base = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in ("test_data", "hydra")])
+    base = job_config(cfg, drop=("test_data", "hydra"))
     provenance = ship_trunk(base, test)
     for split, s in provenance["scores"].items():
         print(f"{split} ({s['dataset']}, {s['sequences']} sequences): AUC {s['auc']:.1f}, static box "

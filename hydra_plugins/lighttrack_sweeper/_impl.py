@@ -6,7 +6,6 @@ that trial's result. The rest are launched; what each job returns is checked aga
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -33,7 +32,8 @@ from search.objectives import (ObjectiveError, non_dominated, objective_entries,
 from search.record import Stage, StudyAttr, TrialAttr, arch_key, reason_attr
 from search.space import Space, build_space, format_value, merge_overrides
 from search.study import StorageError, fail_orphans, local_lock, open_storage, owner_attrs, storage_location
-from tracker.io import atomic_write_text
+from tracker.config import job_config
+from tracker.io import atomic_write_text, stable_hash
 from tracker.version import MODEL_VERSION
 
 from .jobs import INTERMEDIATE_FIDELITIES, INTERMEDIATE_KEY
@@ -104,8 +104,7 @@ class Job:
 
 def config_key(task_cfg: DictConfig) -> str:
     """Identity of a trial's architecture and recipe: the resolved job config without Hydra's node."""
-    text = json.dumps(OmegaConf.to_container(task_cfg, resolve=True, enum_to_str=True), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return stable_hash(OmegaConf.to_container(task_cfg, resolve=True, enum_to_str=True))
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
@@ -305,7 +304,7 @@ class SweeperImpl:
     def _recipe(cfg: DictConfig) -> dict:
         """Everything a trial inherits but the searched head: data, model (and its code version), trainer,
         evaluation, resolved (from the config every trial starts from)."""
-        task = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True,
+        task = OmegaConf.to_container(job_config(cfg), resolve=True,
                                       enum_to_str=True)
         task.pop("head", None)
         if isinstance(task.get("model"), dict):
@@ -542,7 +541,7 @@ class SweeperImpl:
             trial.set_user_attr(k, v)
         try:
             cfg = self._compose(overrides, trial.number)
-            task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+            task = job_config(cfg)
             key = config_key(task)
             trial.set_user_attr(TrialAttr.SEED, OmegaConf.select(task, "trainer.seed", default=None))
             if "head" in task:

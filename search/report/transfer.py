@@ -3,7 +3,6 @@ from the one they were selected on (conf/data/synthetic_test.yaml for the embedd
 selection; the val and test rankings compared by Kendall's tau."""
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -39,9 +38,9 @@ def subdir(preset: str, overrides: Sequence[str] = ()) -> str:
     """Where a run keeps its evaluation on `preset` (with `overrides`), below its run directory."""
     if not overrides:
         return f"transfer/{preset}"
-    import hashlib
+    from tracker.io import stable_hash
 
-    return f"transfer/{preset}-{hashlib.sha1(json.dumps(list(overrides)).encode()).hexdigest()[:8]}"
+    return f"transfer/{preset}-{stable_hash(list(overrides), 8, 'sha1')}"
 
 
 def _compose_data(preset: str, extra: Sequence[str] = ()) -> Any:

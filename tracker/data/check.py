@@ -9,7 +9,6 @@ passed, keyed by its path, split, sequences and directory times, so it runs once
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import stable_hash
 from .base import (AnnotationError, FrameMissingError, FramePaths, Sequence, TrackingDataset, box_count_error,
                    load_image)
 
@@ -96,4 +96,4 @@ def _key(reader: TrackingDataset, first_boxes: bool) -> str:
     directories = [reader.root, getattr(reader, "split_dir", reader.root)]
     identity = [type(reader).__name__, reader.name, str(reader.root.resolve()), getattr(reader, "split", None),
                 reader.sequence_names(), [d.stat().st_mtime_ns for d in directories], first_boxes]
-    return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
+    return stable_hash(identity)

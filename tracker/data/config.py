@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from ..config import not_allowed
 from .base import TrackingDataset
 from .check import CHECK_SECONDS, check_dataset
 from .coco import COCO
@@ -37,8 +38,8 @@ class DataConfigError(ValueError):
     pass
 
 
-def _bad(field: str, value: Any, allowed: str) -> DataConfigError:
-    return DataConfigError(f"data.{field}={value} is not allowed: {allowed}")
+def _bad(field: str, value: Any, allowed: str) -> ValueError:
+    return not_allowed(f"data.{field}", value, allowed, DataConfigError)
 
 
 @dataclass

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -32,6 +31,9 @@ from typing import Any, List, NamedTuple, Optional
 
 import numpy as np
 from PIL import Image
+
+from ..config import not_allowed
+from ..io import file_lock, stable_hash
 
 GENERATOR_VERSION = 1  # bump when a change alters what a config generates (invalidates the cache)
 MARKER = "synthetic.json"  # written last into a complete root: the resolved config
@@ -81,7 +83,7 @@ class SyntheticConfig:
 
     def __post_init__(self) -> None:
         def bad(field: str, value: Any, allowed: str) -> ValueError:
-            return ValueError(f"synthetic.{field}={value} is not allowed: {allowed}")
+            return not_allowed(f"synthetic.{field}", value, allowed, ValueError)
 
         if self.difficulty not in PRESETS:
             raise bad("difficulty", self.difficulty, f"one of {sorted(PRESETS)}")
@@ -124,7 +126,7 @@ class SyntheticConfig:
         return content
 
     def key(self) -> str:
-        return hashlib.sha1(json.dumps(self.content(), sort_keys=True).encode()).hexdigest()[:12]
+        return stable_hash(self.content(), 12, "sha1")
 
 
 # ----------------------------------------------------------------------------------------------- textures
@@ -662,14 +664,10 @@ def ensure_synthetic(cfg: SyntheticConfig, cache_dir: str | Path = "runs/data", 
     """The root of the benchmark `cfg` describes: `cfg.root` when set (generated there if it holds no
     complete benchmark of the same content), else `cache_dir/synthetic-<key>`, generated on first use.
     Concurrent callers wait on a file lock instead of generating twice."""
-    import fcntl
-
     root = Path(cfg.root) if cfg.root else Path(cache_dir) / f"synthetic-{cfg.key()}"
     if _complete(root, cfg):
         return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with open(root.parent / f".{root.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(root.parent / f".{root.name}.lock"):
         if _complete(root, cfg):
             return root
         if root.exists() and any(root.iterdir()):
