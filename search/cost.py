@@ -7,7 +7,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 from heads.cost import profile_head
-from tracker.config import STRIDE, job_config, validate
+from tracker.config import job_config, validate
+from tracker.model import StarkLightning
 
 
 def head_cost(cfg: DictConfig) -> dict[str, Any]:
@@ -17,7 +18,7 @@ def head_cost(cfg: DictConfig) -> dict[str, Any]:
 
     task = job_config(cfg)
     validate(task)
-    in_channels, feat_size = int(task.model.hidden_dim), int(task.model.search_size) // STRIDE
-    head = instantiate(task.head)(in_channels=in_channels, feat_size=feat_size, stride=STRIDE)
-    profile = profile_head(head, in_channels, feat_size)
+    geometry = StarkLightning.head_geometry(int(task.model.hidden_dim), int(task.model.search_size))
+    head = instantiate(task.head)(**geometry)
+    profile = profile_head(head, geometry["in_channels"], geometry["feat_size"])
     return {k: v for k, v in profile.items() if k != "head_unsupported_ops"}

@@ -74,6 +74,36 @@ def test_root_from_the_environment(tmp_path, monkeypatch):
     assert explicit.root == tmp_path
 
 
+def test_a_reader_registered_in_another_module_is_a_dataset(tmp_path, monkeypatch):
+    """A new dataset is one decorated reader class (and its preset): names are checked against the live registry,
+    so a reader registered after tracker.data was imported counts."""
+    from tracker.data import READERS, ROOT_VARIABLES, GOT10k, register_reader
+
+    assert {"synthetic", "got10k", "lasot", "trackingnet", "coco"} <= set(READERS)
+    assert READERS["synthetic"] is GOT10k and ROOT_VARIABLES["synthetic"] == "LIGHTTRACK_SYNTHETIC_ROOT"
+    make_got10k(tmp_path, "val", {"GOT-10k_Val_000001": dict(boxes=[[1, 1, 9, 9]] * 3, absence=[0] * 3,
+                                                              cover=[8] * 3)})
+    with pytest.raises(DataConfigError, match="data.name=mini is not allowed: one of"):
+        to_data_conf({"name": "mini", "split": "val"})
+
+    @register_reader("mini", root_variable="MINI_ROOT")
+    class Mini(GOT10k):
+        name = "mini"
+
+    try:
+        reader = build_reader(to_data_conf({"name": "mini", "root": str(tmp_path), "split": "val"}))
+        assert type(reader) is Mini and reader.sequence_names() == ["GOT-10k_Val_000001"]
+        with pytest.raises(DataConfigError, match="MINI_ROOT"):
+            build_reader(to_data_conf({"name": "mini", "split": "val"}))
+        with pytest.raises(DataConfigError, match="sources.extra.split=nope"):
+            to_data_conf({"sources": {"extra": {"name": "mini", "split": "nope"}}})
+        with pytest.raises(ValueError, match="already registered as Mini"):
+            register_reader("mini", root_variable="MINI_ROOT")(GOT10k)
+    finally:
+        READERS.pop("mini")
+        ROOT_VARIABLES.pop("mini")
+
+
 def test_synthetic_preset_generates_into_the_cache_and_loads(tmp_path, monkeypatch):
     monkeypatch.delenv("LIGHTTRACK_SYNTHETIC_ROOT", raising=False)
     monkeypatch.setenv("LIGHTTRACK_DATA_CACHE", str(tmp_path))

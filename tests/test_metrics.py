@@ -16,8 +16,9 @@ from PIL import Image
 from tracker.config import compose
 from tracker.evaluation import (OVERLAP_THRESHOLDS, ResultsError, centre_errors, centres_xywh, evaluate_sequences,
                                 fill_predictions, got10k_ious, iou_xywh, load_results_dir, normalised_centre_errors,
-                                plot_precision, plot_success, score_directories, score_sequences, sequence_curves,
-                                write_results)
+                                plot_precision, plot_success, read_per_sequence, score_directories, score_sequences,
+                                sequence_curves, write_results)
+from tracker.evaluation.results import read_per_sequence_table
 
 ROOT = Path(__file__).resolve().parents[1]
 PERFECT_AUC = 100.0 * 20 / 21  # success at t = 1.0 needs IoU > 1: never
@@ -341,6 +342,11 @@ def test_cli_scores_and_compares_trackers(got10k):
         assert image.text["Description"].startswith(f"ours [{result['auc']:.1f}]; static [")
     table = (out / "per_sequence.csv").read_text().splitlines()
     assert table[0].startswith("tracker,sequence,auc") and len(table) == 1 + 2 * 2
+    both = read_per_sequence_table(out)  # every tracker in one read, one column each
+    assert both.columns.tolist() == ["ours", "static"] and len(both) == 2
+    for tracker in ("ours", "static"):
+        assert both[tracker].equals(read_per_sequence(out, tracker).rename(tracker))
+    assert read_per_sequence(out, "nobody") is None and read_per_sequence_table(out / "missing") is None
 
 
 def test_cli_errors_name_the_file_before_scoring(got10k):

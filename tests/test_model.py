@@ -233,3 +233,12 @@ def test_a_trunk_from_other_crop_sizes_is_refused_with_the_sizes_to_set(tmp_path
     torch.save(_official_checkpoint(StarkLightning(partial(CornerHead), template_size=32, search_size=64)), path)
     with pytest.raises(CheckpointError, match=r"set trainer.template_size=32 trainer.search_size=64"):
         load_trunk(StarkLightning(partial(CornerHead), template_size=64, search_size=128), path)
+
+
+def test_the_backbone_stride_is_the_one_validation_checks():
+    from tracker.config import STRIDE
+    from tracker.model.backbone import RepVGGBackbone
+
+    assert RepVGGBackbone(frozen_bn=False).stride == STRIDE
+    model = StarkLightning(partial(CornerHead), template_size=32, search_size=64)
+    assert model.stride == STRIDE and model.search_feat == StarkLightning.head_geometry(128, 64)["feat_size"] == 4

@@ -375,6 +375,29 @@ def test_best_yaml_is_never_a_head_worse_than_the_baseline(tmp_path):
     assert result["best"] == "repvgg x2 w128 relu k3 f3"
 
 
+def test_transfer_reads_each_runs_scores_once(tmp_path, monkeypatch):
+    """The transfer check takes the model's and the static box's per-sequence AUCs from one read of each run's
+    per_sequence.csv (the runs' evaluations on the split are there already: nothing is tracked again)."""
+    import shutil
+    from collections import Counter
+
+    from search.report import transfer
+
+    name = _fake_study(tmp_path)
+    runs = sorted((tmp_path / "runs" / "sweeps" / "fake" / "trials").iterdir())
+    for run_dir in runs:
+        shutil.copytree(run_dir / "plots", run_dir / transfer.subdir("held_out") / "plots")
+    monkeypatch.setattr(transfer, "_compose_data", lambda preset, extra=(): None)
+    reads, read_csv = Counter(), pd.read_csv
+    monkeypatch.setattr(pd, "read_csv", lambda path, *a, **k: reads.update([str(path)]) or read_csv(path, *a, **k))
+    result = build_report(ReportConf(transfer="held_out", study=name), tmp_path / "runs", progress=False)
+    scores = {p: n for p, n in reads.items() if p.endswith("per_sequence.csv")}
+    assert set(scores.values()) == {1} and sum("/transfer/held_out/" in p for p in scores) == result["transfer"]["runs"]
+    assert result["transfer"]["static_auc"] == pytest.approx(STATIC_AUC)  # the static box's, read in the same pass
+    table = pd.read_csv(Path(result["out_dir"]) / "transfer.csv")
+    assert table["test_auc_mean"].to_numpy() == pytest.approx(table["val_auc_mean"].to_numpy())
+
+
 def test_transfer_words_say_when_the_front_does_not_hold_or_nothing_tracks():
     from search.report.export import transfer_words
 

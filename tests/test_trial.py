@@ -268,8 +268,7 @@ def test_deterministic_trains_with_deterministic_algorithms_only(workspace, tmp_
 def test_fields_without_effect_stay_out_of_the_pairs_cache_key(workspace):
     key = lambda *o: pairs_key(trial_data(_cfg(workspace, *o)), "train")  # noqa: E731
     plain = key()
-    for neutral in ("data.generate.workers=1", "data.cache_dir=/elsewhere", "data.split=train",
-                    "data.processing.search.size=999"):  # the trainer's search size wins
+    for neutral in ("data.generate.workers=1", "data.cache_dir=/elsewhere", "data.split=train"):
         assert key(neutral) == plain, neutral
     for effective in ("data.sampling.max_gap=5", "data.processing.flip=0.0", "trainer.search_center_jitter=1.0",
                       "trainer.search_size=128"):

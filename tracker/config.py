@@ -17,11 +17,13 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def runs_root() -> Path:
-    """Where everything is written: runs/ beside conf/, or $LIGHTTRACK_RUNS."""
-    return Path(os.environ.get("LIGHTTRACK_RUNS", CONF_DIR.parent / "runs"))
+    """Where everything is written, absolute: $LIGHTTRACK_RUNS (from the working directory when relative), else
+    runs/ beside conf/. The code's reader of the folder the configs name `paths.runs` (conf/paths/default.yaml
+    reads the same variable; the apps set it to this path before composing)."""
+    return Path(os.environ.get("LIGHTTRACK_RUNS") or CONF_DIR.parent / "runs").absolute()
 
 
-STRIDE = 16
+STRIDE = 16  # the backbone's total stride (tracker/model/backbone.py: four stride-2 stages); validation reads it
 
 
 class ConfigError(ValueError):
@@ -261,7 +263,7 @@ def compose(config_name: str, overrides: Sequence[str] = (), config_dir: str | P
     overrides = list(overrides)
     if config_dir is not None:  # like `--config-dir DIR`: the primary config in DIR, groups from conf/ too
         overrides.append(f"hydra.searchpath=[file://{CONF_DIR}]")
-    os.environ.setdefault("LIGHTTRACK_RUNS", str(runs_root()))  # as the apps do (tracker/app.py)
+    os.environ["LIGHTTRACK_RUNS"] = str(runs_root())  # absolute, as the apps do (tracker/app.py)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(Path(config_dir or CONF_DIR).resolve()), version_base="1.3"):
         cfg = hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=return_hydra_config)

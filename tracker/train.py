@@ -36,7 +36,7 @@ from .task import EpochCallback, run_trial
 log = logging.getLogger(__name__)
 
 
-def build_optimizer(model: nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: Any) -> torch.optim.Optimizer:
     """`trainer.optimizer` (AdamW) over the trainable parameters; backbone parameters at `backbone_lr_scale` x
     the base rate (SPEC.md)."""
     backbone, rest = [], []
@@ -79,9 +79,9 @@ class Trial:
                  progress: bool = True):
         from .data import check_data
 
-        validate(cfg)  # a bad config and broken data fail here, before anything is trained or written
+        typed = validate(cfg)  # a bad config and broken data fail here, before anything is trained or written
         check_data(cfg.data)
-        self.cfg, self.t = cfg, cfg.trainer
+        self.cfg, self.t = cfg, typed["trainer"]  # the checked TrainerConf, interpolations resolved
         self.run_dir = Path(run_dir)
         self.on_epoch_end, self.progress = on_epoch_end, progress
         self.device = resolve_device(self.t.device)

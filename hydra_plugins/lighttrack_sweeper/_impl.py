@@ -115,9 +115,10 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, A
     return [] if old == new else [(prefix.rstrip("."), old, new)]
 
 
-# recipe settings that change no result: where generated data is cached, how many sequences are tracked in
-# lockstep (the same boxes); a study stored with them (older code) compares without them
-NO_EFFECT = (("data", "cache_dir"), ("evaluation", "batch_sequences"))
+# recipe settings that change no result: where things are written (the whole paths node: key None), where generated
+# data is cached, how many sequences are tracked in lockstep (the same boxes); a study stored with them (older code)
+# compares without them
+NO_EFFECT = (("paths", None), ("data", "cache_dir"), ("evaluation", "batch_sequences"))
 
 
 def _without_settings_of_no_effect(recipe: dict) -> dict:
@@ -126,7 +127,7 @@ def _without_settings_of_no_effect(recipe: dict) -> dict:
     recipe = json.loads(json.dumps(recipe))
     for group, key in NO_EFFECT:
         if isinstance(recipe.get(group), dict):
-            recipe[group].pop(key, None)
+            (recipe[group] if key else recipe).pop(key or group, None)
     generate = (recipe.get("data") or {}).get("generate")
     if isinstance(generate, dict) and generate.get("sources") == "default":  # older studies predate the option
         generate.pop("sources")
@@ -542,7 +543,7 @@ class SweeperImpl:
         try:
             cfg = self._compose(overrides, trial.number)
             task = job_config(cfg)
-            key = config_key(task)
+            key = config_key(job_config(cfg, drop=("hydra", "paths")))  # where runs go is no part of a trial
             trial.set_user_attr(TrialAttr.SEED, OmegaConf.select(task, "trainer.seed", default=None))
             if "head" in task:
                 trial.set_user_attr(TrialAttr.HEAD, OmegaConf.to_container(task.head, resolve=True, enum_to_str=True))

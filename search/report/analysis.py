@@ -65,14 +65,15 @@ def architectures(frame: pd.DataFrame, objectives: Sequence[Objective] = DEFAULT
 
 
 def add_uncertainty(table: pd.DataFrame, frame: pd.DataFrame, conf: BootstrapConf = BootstrapConf(),
-                    subdir: Optional[str] = None) -> pd.DataFrame:
+                    subdir: Optional[str] = None, scores: Optional[dict[int, pd.Series]] = None) -> pd.DataFrame:
     """The bootstrap columns (stats.COLUMNS) for every architecture of `table`, from the trials' per-sequence
-    AUCs (in `subdir` of each run directory when given: another split's evaluation). The sequences every trial
-    was scored on are used; without per-sequence scores only the seeds are resampled (table.attrs["method"]
-    says which)."""
+    AUCs (in `subdir` of each run directory when given: another split's evaluation; `scores`: those AUCs
+    already read, trial number -> Series by sequence). The sequences every trial was scored on are used;
+    without per-sequence scores only the seeds are resampled (table.attrs["method"] says which)."""
     done = completed(frame)
     done = done[done["arch"].isin(table["arch"])]
-    scores = sequence_scores(done, subdir=subdir)
+    if scores is None:
+        scores = sequence_scores(done, subdir=subdir)
     common = None
     if scores and all(int(t) in scores for t in done["trial"]):
         common = sorted(set.intersection(*(set(s.index) for s in scores.values())))

@@ -128,21 +128,38 @@ def confirm_seeds(study: optuna.Study) -> int:
     return int((study.user_attrs.get(StudyAttr.CONFIRM) or {}).get("seeds") or 1)
 
 
-def sequence_scores(frame: pd.DataFrame, tracker: str = "model", subdir: Optional[str] = None
-                    ) -> dict[int, pd.Series]:
-    """Per-sequence AUCs of each completed, non-duplicate trial (trial number -> Series by sequence), read
-    from its run directory (`subdir`: an evaluation below it, such as a transfer split's)."""
-    from tracker.evaluation import read_per_sequence, scores_dir
+def sequence_tables(frame: pd.DataFrame, subdir: Optional[str] = None) -> dict[int, pd.DataFrame]:
+    """Per-sequence AUCs of each completed, non-duplicate trial, every tracker's in one read (trial number ->
+    table by sequence, one column per tracker: `model`, `static`), from its run directory (`subdir`: an
+    evaluation below it, such as a transfer split's)."""
+    from tracker.evaluation import scores_dir
+    from tracker.evaluation.results import read_per_sequence_table
 
     out = {}
     for _, row in frame.iterrows():
         run_dir = row.get("run_dir")
         if row.get("state") != "COMPLETE" or not isinstance(run_dir, str) or _is_duplicate(row):
             continue
-        scores = read_per_sequence(scores_dir(Path(run_dir) / subdir if subdir else run_dir), tracker)
-        if scores is not None:
-            out[int(row["trial"])] = scores
+        table = read_per_sequence_table(scores_dir(Path(run_dir) / subdir if subdir else run_dir))
+        if table is not None:
+            out[int(row["trial"])] = table
     return out
+
+
+def tracker_scores(tables: dict[int, pd.DataFrame], tracker: str = "model") -> dict[int, pd.Series]:
+    """One tracker's per-sequence AUCs out of `sequence_tables` (trial number -> Series by sequence), the
+    trials that have them."""
+    from tracker.evaluation.results import tracker_column
+
+    columns = {trial: tracker_column(table, tracker) for trial, table in tables.items()}
+    return {trial: scores for trial, scores in columns.items() if scores is not None}
+
+
+def sequence_scores(frame: pd.DataFrame, tracker: str = "model", subdir: Optional[str] = None
+                    ) -> dict[int, pd.Series]:
+    """Per-sequence AUCs of each completed, non-duplicate trial (trial number -> Series by sequence), read
+    from its run directory (`subdir`: an evaluation below it, such as a transfer split's)."""
+    return tracker_scores(sequence_tables(frame, subdir), tracker)
 
 
 def _is_duplicate(row: pd.Series) -> bool:

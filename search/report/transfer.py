@@ -14,6 +14,7 @@ from search.record import Role
 
 from .analysis import add_uncertainty, completed
 from .config import ReportError
+from .load import sequence_tables, tracker_scores
 from .stats import BootstrapConf, kendall_tau
 
 log = logging.getLogger(__name__)
@@ -75,17 +76,17 @@ def transfer_table(frame: pd.DataFrame, table: pd.DataFrame, preset: str, conf: 
     """The references and the front (every seed) scored on `preset`: per architecture `test_auc_mean`,
     `test_auc_ci_low/high`, `test_n_seeds`, `test_static_auc`; and the rank agreement with the val means
     (Kendall's tau and its p-value)."""
-    from tracker.evaluation import read_per_sequence, scores_dir
-
     chosen = table[table["pareto"] | table["role"].isin([Role.BASELINE, Role.USER_HEAD])]
     trials = completed(frame)
     trials = trials[trials["arch"].isin(chosen["arch"])]
     data, where = _compose_data(preset, overrides), subdir(preset, overrides)
     for run_dir in tqdm(trials["run_dir"], desc=f"transfer to {preset}", unit="run", disable=not progress):
         evaluate_run(Path(run_dir), data, where)
-    scored = add_uncertainty(chosen[["arch", "role", "label", "auc"]].copy(), trials, conf, subdir=where)
-    static = [read_per_sequence(scores_dir(Path(r) / where), "static") for r in trials["run_dir"]]
-    static_auc = float(pd.concat([s for s in static if s is not None]).groupby(level=0).mean().mean())
+    tables = sequence_tables(trials, subdir=where)  # each run's scores read once: the model's and the static box's
+    scored = add_uncertainty(chosen[["arch", "role", "label", "auc"]].copy(), trials, conf, subdir=where,
+                             scores=tracker_scores(tables, "model"))
+    static = tracker_scores(tables, "static").values()
+    static_auc = float(pd.concat(list(static)).groupby(level=0).mean().mean())
     out = scored.rename(columns={"auc": "val_auc_mean", "n_seeds": "test_n_seeds", "auc_mean": "test_auc_mean",
                                  "auc_ci_low": "test_auc_ci_low", "auc_ci_high": "test_auc_ci_high",
                                  "auc_diff": "test_auc_diff", "auc_diff_ci_low": "test_auc_diff_ci_low",

@@ -7,11 +7,12 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "base": ("AnnotationError", "DatasetError", "DatasetNotFoundError", "FrameMissingError", "FramePaths",
-             "FrameUnreadableError", "Sequence", "TrackingDataset", "load_image"),
+    "base": ("READERS", "ROOT_VARIABLES", "AnnotationError", "DatasetError", "DatasetNotFoundError",
+             "FrameMissingError", "FramePaths", "FrameUnreadableError", "Sequence", "TrackingDataset", "load_image",
+             "register_reader", "registered_readers"),
     "check": ("check_dataset",),
     "coco": ("COCO",),
-    "config": ("READERS", "DataConf", "DataConfigError", "build_pair_dataset", "build_pair_loader", "build_processing",
+    "config": ("DataConf", "DataConfigError", "build_pair_dataset", "build_pair_loader", "build_processing",
                "build_reader", "build_sources", "build_train_loader", "check_data", "pairs_key", "resolve_root",
                "to_data_conf", "with_crops"),
     "got10k": ("GOT10k",),

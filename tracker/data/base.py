@@ -1,4 +1,5 @@
-"""The interface every dataset reader shares, and the file parsing they have in common.
+"""The interface every dataset reader shares, the registry of readers by name (`register_reader`), and the file
+parsing they have in common.
 
 A reader lists sequence names and returns a `Sequence`: frame paths, boxes (x, y, w, h in pixels) and a
 visibility flag per frame. Annotations are parsed lazily, one sequence at a time, and cached.
@@ -6,11 +7,13 @@ visibility flag per frame. Annotations are parsed lazily, one sequence at a time
 from __future__ import annotations
 
 import functools
+import importlib
 import os
+import pkgutil
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Sequence as Seq
+from typing import Callable, ClassVar, Sequence as Seq, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -216,6 +219,46 @@ class TrackingDataset:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(root={str(self.root)!r}, sequences={len(self)})"
+
+
+# ----------------------------------------------------------------------------------------- reader registry
+
+_Reader = TypeVar("_Reader", bound=type[TrackingDataset])
+_READERS: dict[str, type[TrackingDataset]] = {}  # data.name -> reader class
+ROOT_VARIABLES: dict[str, str] = {}  # data.name -> the environment variable the presets read its root from
+
+
+def register_reader(name: str, *, root_variable: str) -> Callable[[_Reader], _Reader]:
+    """Class decorator: the reader a data config's `name` (and a source's) selects. A reader module of this
+    package needs no import elsewhere (see `registered_readers`); one elsewhere registers when its module is
+    imported, before a config is composed. One class may be registered under several names."""
+
+    def add(cls: _Reader) -> _Reader:
+        if _READERS.get(name, cls) is not cls:
+            raise ValueError(f"dataset reader {name!r} is already registered as {_READERS[name].__name__}")
+        _READERS[name], ROOT_VARIABLES[name] = cls, root_variable
+        return cls
+
+    return add
+
+
+@functools.cache
+def _import_package_readers() -> None:
+    for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        importlib.import_module(f"{__package__}.{module.name}")
+
+
+def registered_readers() -> dict[str, type[TrackingDataset]]:
+    """The live registry, name -> reader class: every module of this package imported first (once), so that
+    its readers are in, then whatever else registered so far."""
+    _import_package_readers()
+    return _READERS
+
+
+def __getattr__(name: str):
+    if name == "READERS":  # the registry, complete (`registered_readers`)
+        return registered_readers()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def select_sequences(names: list[str], seq_list: str | Path | None, dataset: str) -> list[str]:

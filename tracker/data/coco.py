@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import AnnotationError, Sequence, TrackingDataset, select_sequences, valid_boxes
+from .base import AnnotationError, Sequence, TrackingDataset, register_reader, select_sequences, valid_boxes
 
 
+@register_reader("coco", root_variable="COCO_ROOT")
 class COCO(TrackingDataset):
     """Instances of `annotations/instances_<split>.json` that are not crowds; sequence names are the
     annotation ids. `seq_list` narrows them (a file of annotation ids)."""

@@ -12,26 +12,13 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..config import not_allowed
-from .base import TrackingDataset
+from .base import ROOT_VARIABLES, TrackingDataset, registered_readers
 from .check import CHECK_SECONDS, check_dataset
-from .coco import COCO
-from .got10k import GOT10k
-from .lasot import LaSOT
 from .processing import IMAGENET_MEAN, IMAGENET_STD, SEARCH, TEMPLATE, CropConf, PairProcessing
 from .sampler import PairDataset, make_loader
 from .synthetic import SyntheticConfig, ensure_synthetic
-from .trackingnet import TrackingNet
 
-READERS: dict[str, type[TrackingDataset]] = {
-    "synthetic": GOT10k,  # the embedded benchmark is written in GOT-10k's layout
-    "got10k": GOT10k,
-    "lasot": LaSOT,
-    "trackingnet": TrackingNet,
-    "coco": COCO,
-}
 SYNTHETIC_SPLITS = ("train", "val")  # what the generator writes
-ROOT_VARIABLES = {"synthetic": "LIGHTTRACK_SYNTHETIC_ROOT", "got10k": "GOT10K_ROOT", "lasot": "LASOT_ROOT",
-                  "trackingnet": "TRACKINGNET_ROOT", "coco": "COCO_ROOT"}
 
 
 class DataConfigError(ValueError):
@@ -46,7 +33,7 @@ def _bad(field: str, value: Any, allowed: str) -> ValueError:
 class SourceConf:
     """One dataset of the training mixture."""
 
-    name: str = "got10k"  # reader: synthetic, got10k, lasot, trackingnet, coco
+    name: str = "got10k"  # a registered reader (base.register_reader): synthetic, got10k, lasot, trackingnet, coco
     root: Optional[str] = None
     split: str = "train"
     seq_list: Optional[str] = None  # a file of sequence names or ids narrowing the split
@@ -89,11 +76,12 @@ class DataConf:
     processing: ProcessingConf = field(default_factory=ProcessingConf)
 
     def __post_init__(self) -> None:
-        allowed = f"one of {sorted(READERS)}"
-        if self.name not in READERS:
+        readers = registered_readers()  # looked up now: a reader registered after this module was imported counts
+        allowed = f"one of {sorted(readers)}"
+        if self.name not in readers:
             raise _bad("name", self.name, allowed)
         for key, source in self.sources.items():
-            if source.name not in READERS:
+            if source.name not in readers:
                 raise _bad(f"sources.{key}.name", source.name, allowed)
             if source.ratio < 0:
                 raise _bad(f"sources.{key}.ratio", source.ratio, ">= 0")
@@ -124,7 +112,7 @@ class DataConf:
     def _check_splits(self) -> None:
         """A split the reader does not offer fails here, not after a whole training."""
         for key, (name, split) in self.readers().items():
-            allowed = SYNTHETIC_SPLITS if name == "synthetic" else READERS[name].splits
+            allowed = SYNTHETIC_SPLITS if name == "synthetic" else registered_readers()[name].splits
             if allowed is not None and split not in allowed:
                 raise _bad(key, split, f"one of {list(allowed)}, the splits the {name} reader offers")
 
@@ -161,8 +149,9 @@ def resolve_root(name: str, root: str | None, data: DataConf, progress: bool = T
             generate = replace(generate, root=str(root))
         return ensure_synthetic(generate, data.cache_dir, progress)
     if not root:
+        layout = registered_readers()[name].layout
         raise DataConfigError(f"no root for {name}: pass data.root=DIR (or the source's root) or set "
-                              f"{ROOT_VARIABLES[name]}; expected the layout {READERS[name].layout}")
+                              f"{ROOT_VARIABLES[name]}; expected the layout {layout}")
     return Path(root)
 
 
@@ -171,7 +160,7 @@ def _reader(name: str, root: str | None, split: str, seq_list: str | None, data:
     kwargs: dict[str, Any] = {"split": split, "seq_list": seq_list}
     if name == "trackingnet" and chunks is not None:
         kwargs["chunks"] = chunks
-    reader = READERS[name](resolve_root(name, root, data), **kwargs)
+    reader = registered_readers()[name](resolve_root(name, root, data), **kwargs)
     if name == "synthetic":
         reader.name = "synthetic"
     return reader

@@ -6,11 +6,13 @@ from pathlib import Path
 import numpy as np
 
 from .base import (DatasetNotFoundError, FramePaths, Sequence, TrackingDataset, read_boxes, read_labels, read_lines,
-                   select_sequences, valid_boxes)
+                   register_reader, select_sequences, valid_boxes)
 
 SPLITS = {"train": "train", "val": "val", "test": "test", "vot-train": "train", "vot-val": "train"}
 
 
+@register_reader("got10k", root_variable="GOT10K_ROOT")
+@register_reader("synthetic", root_variable="LIGHTTRACK_SYNTHETIC_ROOT")  # the generated benchmark: GOT-10k's layout
 class GOT10k(TrackingDataset):
     """`split`: train, val, test, or STARK's vot-train / vot-val, which are lists of train sequences
     (`seq_list`: a file of 0-based ids into train/list.txt, or of names). `seq_list` also narrows any split.

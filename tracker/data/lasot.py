@@ -4,9 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from .base import (DatasetNotFoundError, FramePaths, Sequence, TrackingDataset, read_boxes, read_labels,
-                   select_sequences, valid_boxes)
+                   register_reader, select_sequences, valid_boxes)
 
 
+@register_reader("lasot", root_variable="LASOT_ROOT")
 class LaSOT(TrackingDataset):
     """All `<class>/<class>-<n>` sequences under the root, or those a `seq_list` file names (for example
     the 1,120-sequence training split or the 280-sequence test split of protocol II). Visible: a valid box,

@@ -16,7 +16,6 @@ once into a cache directory keyed by the config, and reuses it afterwards.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -31,6 +30,7 @@ from typing import Any, List, NamedTuple, Optional
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from ..config import not_allowed
 from ..io import file_lock, stable_hash
@@ -631,10 +631,13 @@ def _write_task(task: tuple[SyntheticConfig, str, int, str]) -> None:
     write_sequence(cfg, split, index, Path(split_dir))
 
 
+class _SpawnedBar(tqdm):
+    """The bar over spawned workers: `process_map` hands its class's write lock to every worker, and tqdm's own
+    is made in the fork context, which a spawned process cannot receive; `generate` sets a spawn context's."""
+
+
 def generate(cfg: SyntheticConfig, root: str | Path, progress: bool = True) -> Path:
     """Writes `root/train` and `root/val`; the marker file (the resolved config) is written last."""
-    from tqdm import tqdm
-
     root = Path(root)
     tasks = []
     for split, count in (("train", cfg.train_sequences), ("val", cfg.val_sequences)):
@@ -643,19 +646,18 @@ def generate(cfg: SyntheticConfig, root: str | Path, progress: bool = True) -> P
         (split_dir / "list.txt").write_text("".join(f"{sequence_name(split, i)}\n" for i in range(count)))
         tasks += [(cfg, split, i, str(split_dir)) for i in range(count)]
     workers = min(cfg.workers or os.cpu_count() or 1, max(len(tasks), 1))
-    bar = tqdm(total=len(tasks), desc="synthetic data", unit="seq", disable=not progress, file=sys.stderr,
-               mininterval=0.5)
-    with contextlib.ExitStack() as stack:
-        if workers > 1:
-            import multiprocessing
+    bar = dict(desc="synthetic data", unit="seq", disable=not progress, file=sys.stderr, mininterval=0.5)
+    if workers > 1:
+        import multiprocessing
 
-            pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(workers))
-            results = pool.imap_unordered(_write_task, tasks)
-        else:
-            results = map(_write_task, tasks)
-        for _ in results:
-            bar.update()
-    bar.close()
+        from tqdm.contrib.concurrent import process_map
+
+        spawn = multiprocessing.get_context("spawn")  # workers start clean: no fork of a threaded parent
+        _SpawnedBar.set_lock(spawn.RLock())
+        process_map(_write_task, tasks, max_workers=workers, mp_context=spawn, tqdm_class=_SpawnedBar, **bar)
+    else:
+        for task in tqdm(tasks, **bar):
+            _write_task(task)
     (root / MARKER).write_text(json.dumps(cfg.content(), indent=2, sort_keys=True) + "\n")
     return root
 

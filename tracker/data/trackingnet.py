@@ -6,10 +6,11 @@ from typing import Iterable
 
 import numpy as np
 
-from .base import (DatasetNotFoundError, FramePaths, Sequence, TrackingDataset, read_boxes, select_sequences,
-                   valid_boxes)
+from .base import (DatasetNotFoundError, FramePaths, Sequence, TrackingDataset, read_boxes, register_reader,
+                   select_sequences, valid_boxes)
 
 
+@register_reader("trackingnet", root_variable="TRACKINGNET_ROOT")
 class TrackingNet(TrackingDataset):
     """`split=train`: the chunks TRAIN_<k> given by `chunks` (default: every chunk under the root);
     `split=test`: TEST, where only the first frame is annotated. Frames are numbered from 0.

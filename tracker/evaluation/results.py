@@ -81,15 +81,31 @@ def scores_dir(out_dir: str | Path) -> Path:
 PER_SEQUENCE_FILE = "per_sequence.csv"  # one row per (tracker, sequence): the report's bootstrap reads it
 
 
-def read_per_sequence(directory: str | os.PathLike, tracker: str = "model") -> Optional[pd.Series]:
-    """One tracker's per-sequence AUCs (index: sequence name) from a folder `write_report` wrote; None when
-    there is none."""
+def read_per_sequence_table(directory: str | os.PathLike) -> Optional[pd.DataFrame]:
+    """Every tracker's per-sequence AUCs from a folder `write_report` wrote, in one read: one column per tracker
+    (in file order), index: sequence name (NaN where a tracker lacks a sequence); None when there are none."""
     path = Path(directory) / PER_SEQUENCE_FILE
     if not path.is_file():
         return None
     table = pd.read_csv(path)
-    rows = table[table["tracker"] == tracker]
-    return None if rows.empty else rows.set_index("sequence")["auc"].astype(float)
+    columns = {tracker: rows.set_index("sequence")["auc"].astype(float)
+               for tracker, rows in table.groupby("tracker", sort=False)}
+    return pd.concat(columns, axis=1) if columns else None  # concat, not DataFrame: keeps the file's order
+
+
+def read_per_sequence(directory: str | os.PathLike, tracker: str = "model") -> Optional[pd.Series]:
+    """One tracker's per-sequence AUCs (index: sequence name) from a folder `write_report` wrote; None when
+    there is none."""
+    table = read_per_sequence_table(directory)
+    return None if table is None else tracker_column(table, tracker)
+
+
+def tracker_column(table: pd.DataFrame, tracker: str) -> Optional[pd.Series]:
+    """One tracker's AUCs from a `read_per_sequence_table` table, the sequences it was scored on; None when it
+    has none."""
+    if tracker not in table:
+        return None
+    return table[tracker].dropna().rename("auc")
 
 
 def write_report(scores: Mapping[str, Scores], out: str | os.PathLike, data_name: str, plots: bool = True
@@ -157,7 +173,7 @@ def score_directories(cfg: Any, output_dir: str | os.PathLike) -> dict[str, Any]
 
     from ..data.config import build_reader
 
-    own = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "data"}
+    own = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in ("data", "paths")}
     conf = MetricsConf(**own)
     reader = build_reader(cfg.data)
     names = reader.sequence_names()[:conf.max_sequences]

@@ -29,7 +29,7 @@ class RepVGGBackbone(nn.Module):
             width = out
         self.stage0, self.stage1, self.stage2, self.stage3 = stages
         self.out_channels = width
-        self.stride = 16
+        self.stride = 2 ** len(stages)  # each stage opens with a stride-2 block (tracker.config.STRIDE: 16)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.stage3(self.stage2(self.stage1(self.stage0(x))))

@@ -8,6 +8,7 @@ from torch import nn
 import torch.nn.functional as F
 from torchvision.ops import box_convert
 
+from ..config import STRIDE
 from .backbone import RepVGGBackbone
 from .transformer import LearnedPositionEmbedding, LiteEncoderLayer
 
@@ -43,8 +44,14 @@ class StarkLightning(nn.Module):
         self.search_pos = LearnedPositionEmbedding(self.search_feat, hidden_dim // 2)
         self.encoder = LiteEncoderLayer(hidden_dim, num_heads, ffn_dim, dropout)
         if not isinstance(head, nn.Module):
-            head = head(in_channels=hidden_dim, feat_size=self.search_feat, stride=stride)
+            head = head(**self.head_geometry(hidden_dim, search_size, stride))
         self.head = head
+
+    @staticmethod
+    def head_geometry(hidden_dim: int, search_size: int, stride: int = STRIDE) -> dict[str, int]:
+        """What a head factory is called with: the encoder's width and the search feature map's side. The one
+        owner of that geometry (search.cost builds a candidate's head alone from it, before training)."""
+        return {"in_channels": hidden_dim, "feat_size": search_size // stride, "stride": stride}
 
     def _embed(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feat = self.bottleneck(self.backbone(image))
