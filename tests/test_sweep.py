@@ -653,20 +653,30 @@ def test_dry_run_shows_the_space_its_size_costs_and_the_study_and_writes_nothing
 
 def test_a_recipe_stored_before_the_optimiser_and_crop_factors_moved_compares_equal():
     """Studies on disk stay resumable: a recipe written when AdamW/StepLR were hard-coded and the evaluation had
-    its own copy of the crop factors is the same recipe today; a factor that differed stays a difference."""
+    its own copy of the crop factors is the same recipe today; a real difference stays one."""
     import json
 
     from hydra_plugins.lighttrack_sweeper._impl import SweeperImpl, _differences, _without_settings_of_no_effect
     from tracker.config import compose
 
     today = SweeperImpl._recipe(compose("sweep", []))
+    assert "optimizer" not in today["trainer"]  # the default optimiser is implied by the flat fields
     old = json.loads(json.dumps(today))
-    for node in (old["trainer"], old["trainer"]["baseline_trunk"]):
-        node.pop("optimizer"), node.pop("scheduler")
     old["evaluation"].update(template_factor=2.0, search_factor=5.0)
     assert _differences(_without_settings_of_no_effect(old), today) == []
     old["evaluation"]["search_factor"] = 4.0
     assert _differences(_without_settings_of_no_effect(old), today) == [("evaluation.search_factor", 4.0, None)]
-    old["trainer"]["weight_decay"] = 0.05  # the old AdamW read it: now a difference of the optimiser node too
-    assert ("trainer.optimizer.weight_decay", 0.05, today["trainer"]["weight_decay"]) in \
+    old["trainer"]["weight_decay"] = 0.05
+    assert ("trainer.weight_decay", 0.05, today["trainer"]["weight_decay"]) in \
         _differences(_without_settings_of_no_effect(old), today)
+    sgd = SweeperImpl._recipe(compose("sweep", ["trainer.optimizer._target_=torch.optim.SGD"]))
+    assert _differences(sgd, today) == [("trainer.optimizer", sgd["trainer"]["optimizer"], None)]
+
+
+def test_the_default_trunk_key_is_the_shipped_ones():
+    """The recipe's optimiser node does not rename the shipped trunk: its key is what it was before the node."""
+    from tracker.cache import SHIPPED_TRUNKS, baseline_trunk_config
+    from tracker.config import compose
+
+    key = baseline_trunk_config(compose("sweep", []))[1]
+    assert (SHIPPED_TRUNKS / f"{key}.pt").is_file(), key

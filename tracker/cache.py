@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import runs_root
+from .config import recipe_identity, runs_root
 from .io import atomic_path, file_lock, stable_hash
 from .version import MODEL_VERSION
 
@@ -103,7 +103,7 @@ def baseline_trunk_config(cfg: DictConfig) -> tuple[DictConfig, str]:
     t, recipe = trunk_cfg.trainer, trunk_cfg.trainer.baseline_trunk
     t.update({**OmegaConf.to_container(recipe), "fidelity": "full", "trunk": None})
     key = config_key(trunk_cfg.model, trunk_cfg.head, pairs_key(trial_data(trunk_cfg), "train"),  # model: sizes, BN
-                     recipe, MODEL_VERSION)
+                     recipe_identity(OmegaConf.to_container(recipe, resolve=True)), MODEL_VERSION)
     return trunk_cfg, key
 
 

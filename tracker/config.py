@@ -104,6 +104,22 @@ def _check_partial_target(node: Any, where: str, base: str) -> None:
         raise not_allowed(f"{where}._target_", repr(target), f"a subclass of {base}")
 
 
+def recipe_identity(recipe: dict) -> dict:
+    """A training recipe (a plain dict: trainer or trainer.baseline_trunk) as it identifies a run: without its
+    optimiser and schedule nodes when they are what its flat fields imply (AdamW with its weight decay, StepLR with
+    its step and factor, what every run did before those nodes existed), so trunk keys and study recipes written
+    then still match. Any other optimiser or schedule stays in."""
+    recipe = dict(recipe)
+    implied = {"optimizer": {"_target_": "torch.optim.AdamW", "_partial_": True,
+                             "weight_decay": recipe.get("weight_decay")},
+               "scheduler": {"_target_": "torch.optim.lr_scheduler.StepLR", "_partial_": True,
+                             "step_size": recipe.get("lr_step_epochs"), "gamma": recipe.get("lr_gamma")}}
+    for name, default in implied.items():
+        if recipe.get(name) == default:
+            recipe.pop(name)
+    return recipe
+
+
 @dataclass
 class TrainingRecipe:
     """What a training run's schedule and optimiser are: shared by a trial (TrainerConf) and the baseline

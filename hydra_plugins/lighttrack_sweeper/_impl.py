@@ -32,7 +32,7 @@ from search.objectives import (ObjectiveError, non_dominated, objective_entries,
 from search.record import Stage, StudyAttr, TrialAttr, arch_key, reason_attr
 from search.space import Space, build_space, format_value, merge_overrides
 from search.study import StorageError, fail_orphans, local_lock, open_storage, owner_attrs, storage_location
-from tracker.config import job_config
+from tracker.config import job_config, recipe_identity
 from tracker.io import atomic_write_text, stable_hash
 from tracker.version import MODEL_VERSION
 
@@ -132,13 +132,10 @@ def _without_settings_of_no_effect(recipe: dict) -> dict:
     if isinstance(generate, dict) and generate.get("sources") == "default":  # older studies predate the option
         generate.pop("sources")
     trainer = recipe.get("trainer")
-    for node in (trainer, (trainer or {}).get("baseline_trunk")):
-        if isinstance(node, dict) and "optimizer" not in node and "lr_step_epochs" in node:
-            # written before the optimiser and schedule were config nodes: they were AdamW and StepLR
-            node["optimizer"] = {"_target_": "torch.optim.AdamW", "_partial_": True,
-                                 "weight_decay": node.get("weight_decay", 1e-4)}
-            node["scheduler"] = {"_target_": "torch.optim.lr_scheduler.StepLR", "_partial_": True,
-                                 "step_size": node["lr_step_epochs"], "gamma": node.get("lr_gamma", 0.1)}
+    if isinstance(trainer, dict):
+        if isinstance(trainer.get("baseline_trunk"), dict):
+            trainer["baseline_trunk"] = recipe_identity(trainer["baseline_trunk"])
+        recipe["trainer"] = recipe_identity(trainer)
     evaluation, processing = recipe.get("evaluation"), (recipe.get("data") or {}).get("processing") or {}
     for crop in ("template", "search"):  # evaluation.*_factor was a copy of data.processing.*.factor
         old = evaluation.pop(f"{crop}_factor", None) if isinstance(evaluation, dict) else None
