@@ -117,8 +117,8 @@ def trial_row(trial: Any) -> dict[str, Any]:
                            "duration_s": attrs.get(TrialAttr.DURATION_S), "run_dir": attrs.get(TrialAttr.RUN_DIR),
                            "duplicate_of": attrs.get(TrialAttr.DUPLICATE_OF), "reason": reason(attrs)}
     row.update({f"param_{k}": v for k, v in trial.params.items()})
-    row.update(attrs.get(TrialAttr.COST) or {})
     row.update(attrs.get(TrialAttr.METRICS) or {})
+    row.update(attrs.get(TrialAttr.COST) or {})  # the cost settled before training owns its figures
     if attrs.get(TrialAttr.HEAD):
         row["head"] = attrs[TrialAttr.HEAD]
     return row
