@@ -169,3 +169,27 @@ def test_the_plugin_scan_of_an_unrelated_app_imports_nothing_heavy(unrelated_app
     assert "hydra_plugins.lighttrack_schemas" in modules and "hydra_plugins.lighttrack_sweeper" in modules  # scanned
     heavy = {m for m in modules if m.split(".")[0] in {"torch", "optuna", "tracker", "heads", "numpy", "pandas"}}
     assert not heavy, sorted(heavy)
+
+
+@pytest.mark.parametrize("app,args,message", [
+    ("train", ["trainer=tiny", "data.split=vall"], r"^error: data\.split=vall is not allowed: "),
+    ("train", ["trainer=tiny", "trainer.lr_gamma=2"], r"^error: trainer\.lr_gamma=2\.0 is not allowed: a factor"),
+    ("evaluate", ["checkpoint=/nowhere/model.pt"], r"^error: .*/nowhere/model\.pt"),
+    ("report", ["study=no_such_study"], r"^error: .*no_such_study"),
+])
+def test_a_user_error_is_one_line_without_a_traceback_and_leaves_no_run_directory(tmp_path, app, args, message):
+    runs = tmp_path / "runs"
+    result = run([script(app), *args], tmp_path, LIGHTTRACK_RUNS=str(runs), HYDRA_FULL_ERROR="")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and re.search(message, result.stderr, re.M), result.stderr[-3000:]
+    left = [p for p in (runs / app).rglob("*") if p.is_dir() and p.parent == runs / app] if (runs / app).exists() else []
+    assert left == [], left
+
+
+def test_a_bug_keeps_its_traceback_and_full_error_shows_every_one(tmp_path):
+    bug = "from tracker.app import hydra_app; hydra_app(lambda cfg: 1 / 0, 'export')()"
+    result = run([sys.executable, "-c", bug], tmp_path, LIGHTTRACK_RUNS=str(tmp_path / "runs"), HYDRA_FULL_ERROR="")
+    assert result.returncode == 1 and "ZeroDivisionError" in result.stderr and "Traceback" in result.stderr
+    user = run([script("train"), "trainer=tiny", "data.split=vall"], tmp_path, LIGHTTRACK_RUNS=str(tmp_path / "runs"),
+               HYDRA_FULL_ERROR="1")
+    assert user.returncode == 1 and "Traceback" in user.stderr and "ConfigError" in user.stderr

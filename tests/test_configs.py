@@ -16,6 +16,9 @@ def _groups_of(config_name: str) -> list[str]:
     return [next(iter(d)) for d in defaults if isinstance(d, dict) and next(iter(d)) in GROUPS]
 
 
+# options that need a value of the user's to compose (validation says so when it is missing)
+REQUIRED = {("trainer", "gpu_head"): ["trainer.trunk=/path/to/trunk.pt"]}
+
 CASES = [(name, None, None) for name in PRIMARY] + [
     (name, group, option) for name in PRIMARY for group in _groups_of(name) for option in GROUPS[group]]
 
@@ -27,8 +30,20 @@ def test_there_are_configs_to_compose():
 @pytest.mark.parametrize("config_name,group,option", CASES,
                          ids=[f"{c}:{g}={o}" if g else c for c, g, o in CASES])
 def test_config_composes(config_name, group, option):
-    overrides = [f"{group}={option}"] if group else []
+    overrides = [f"{group}={option}", *REQUIRED.get((group, option), [])] if group else []
     cfg = compose(config_name, overrides)
     assert cfg is not None
     if group:
         assert group in cfg
+
+
+def test_a_head_preset_on_a_frozen_bn_trainer_without_a_trunk_is_refused():
+    """trainer=gpu_head (and trainer=gpu at head fidelity) would train the baseline trunk from scratch with frozen,
+    random BN: refused at compose time, naming trainer.trunk."""
+    from tracker.config import ConfigError
+
+    for overrides in (["trainer=gpu_head"], ["trainer=gpu", "trainer.fidelity=head"]):
+        with pytest.raises(ConfigError, match=r"trainer.trunk=None is not allowed: a trunk checkpoint"):
+            compose("train", overrides)
+    cfg = compose("train", ["trainer=gpu_head", "trainer.trunk=/trunk.pt"])
+    assert (cfg.trainer.fidelity, cfg.model.search_size, cfg.trainer.amp) == ("head", 320, "auto")

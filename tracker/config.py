@@ -202,6 +202,10 @@ class TrainerConf(TrainingRecipe):
         for name in ("search_center_jitter", "search_scale_jitter"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 fail(name, "null (the data config's) or a number >= 0")
+        if self.frozen_bn and self.trunk is None and self.fidelity != "full":
+            # the baseline trunk would be trained from scratch under frozen, random BN statistics: it cannot learn
+            fail("trunk", "a trunk checkpoint (the official file or one of ours) when trainer.frozen_bn=true; or "
+                          "trainer.frozen_bn=false to train the baseline trunk from scratch as trainer=cpu does")
         super().__post_init__()
         _check(self, "trainer", non_negative_ints=("num_workers", "head_feature_pairs", "report_every"))
 

@@ -84,6 +84,11 @@ class Trial:
         self.cfg, self.t = cfg, typed["trainer"]  # the checked TrainerConf, interpolations resolved
         self.run_dir = Path(run_dir)
         self.on_epoch_end, self.progress = on_epoch_end, progress
+        if self.t.fidelity == "full" and self.t.frozen_bn:
+            log.warning("trainer.fidelity=full with trainer.frozen_bn=true trains the whole tracker from scratch "
+                        "with its backbone BN frozen at random statistics (STARK freezes ImageNet-pretrained BN): "
+                        "for head ablations give a trunk (trainer=gpu_head trainer.trunk=PATH), or set "
+                        "trainer.frozen_bn=false")
         self.device = resolve_device(self.t.device)
         self.precision = Precision(self.t.amp, self.device)
         self.checkpoint_path = run_checkpoint(self.run_dir)
@@ -162,6 +167,9 @@ class Trial:
             if self.on_epoch_end is not None and self.t.report_every and (epoch + 1) % self.t.report_every == 0:
                 self.on_epoch_end(epoch + 1, stats)
             history.append(stats)
+            log.info("epoch %d/%d: loss %.3f, IoU %.3f%s, lr %.2g, %.1f s", epoch + 1, self.t.epochs, stats["loss"],
+                     stats["iou"], f", val IoU {stats['val_iou']:.3f}" if "val_iou" in stats else "", stats["lr"],
+                     stats["seconds"])  # into the run's log file: `tail -f` shows a trial learning
             save_checkpoint(self.checkpoint_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
                             scheduler=scheduler.state_dict(), scaler=self.precision.scaler.state_dict(),
                             history=history, epoch=epoch + 1, config=self.model_config())

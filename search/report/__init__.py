@@ -94,16 +94,15 @@ def _main(cfg) -> None:
 
     from tracker.config import runs_root
 
-    try:
-        conf = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ReportConf), cfg))
-        result = build_report(conf, runs_root())
-    except ReportError as e:
-        raise SystemExit(f"error: {e}") from None
+    conf = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ReportConf), cfg))
+    result = build_report(conf, runs_root())  # a ReportError is the user's: one line, no traceback (tracker.app)
     print(result.pop("summary"))
     print(f"report written to {result['out_dir']}")
     print(json.dumps(result, default=str))
 
 
+from search.objectives import ObjectiveError  # noqa: E402
+from search.study import StorageError  # noqa: E402
 from tracker.app import hydra_app  # noqa: E402
 
-main = hydra_app(_main, "report")
+main = hydra_app(_main, "report", user_errors=(ReportError, StorageError, ObjectiveError))
