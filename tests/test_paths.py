@@ -99,7 +99,8 @@ def test_where_things_are_written_is_not_part_of_a_studys_recipe(runs, tmp_path)
     stored before the node existed, or with another runs root, is the same recipe."""
     import json
 
-    from hydra_plugins.lighttrack_sweeper._impl import SweeperImpl, _differences, _without_settings_of_no_effect
+    from hydra_plugins.lighttrack_sweeper._impl import SweeperImpl, _without_settings_of_no_effect
+    from tracker.config import config_differences
 
     runs(tmp_path)
     today = SweeperImpl._recipe(compose("sweep"))
@@ -107,7 +108,7 @@ def test_where_things_are_written_is_not_part_of_a_studys_recipe(runs, tmp_path)
     moved = json.loads(json.dumps(today))
     moved["paths"] = {"runs": "/elsewhere", "data": "/elsewhere/data"}
     moved["data"]["cache_dir"] = "/elsewhere/data"
-    assert _differences(_without_settings_of_no_effect(moved), today) == []
+    assert config_differences(_without_settings_of_no_effect(moved), today) == []
 
 
 def test_an_app_exports_its_runs_root_to_the_code(tmp_path):

@@ -656,21 +656,22 @@ def test_a_recipe_stored_before_the_optimiser_and_crop_factors_moved_compares_eq
     its own copy of the crop factors is the same recipe today; a real difference stays one."""
     import json
 
-    from hydra_plugins.lighttrack_sweeper._impl import SweeperImpl, _differences, _without_settings_of_no_effect
+    from hydra_plugins.lighttrack_sweeper._impl import SweeperImpl, _without_settings_of_no_effect
+    from tracker.config import config_differences
     from tracker.config import compose
 
     today = SweeperImpl._recipe(compose("sweep", []))
     assert "optimizer" not in today["trainer"]  # the default optimiser is implied by the flat fields
     old = json.loads(json.dumps(today))
     old["evaluation"].update(template_factor=2.0, search_factor=5.0)
-    assert _differences(_without_settings_of_no_effect(old), today) == []
+    assert config_differences(_without_settings_of_no_effect(old), today) == []
     old["evaluation"]["search_factor"] = 4.0
-    assert _differences(_without_settings_of_no_effect(old), today) == [("evaluation.search_factor", 4.0, None)]
+    assert config_differences(_without_settings_of_no_effect(old), today) == [("evaluation.search_factor", 4.0, None)]
     old["trainer"]["weight_decay"] = 0.05
     assert ("trainer.weight_decay", 0.05, today["trainer"]["weight_decay"]) in \
-        _differences(_without_settings_of_no_effect(old), today)
+        config_differences(_without_settings_of_no_effect(old), today)
     sgd = SweeperImpl._recipe(compose("sweep", ["trainer.optimizer._target_=torch.optim.SGD"]))
-    assert _differences(sgd, today) == [("trainer.optimizer", sgd["trainer"]["optimizer"], None)]
+    assert config_differences(sgd, today) == [("trainer.optimizer", sgd["trainer"]["optimizer"], None)]
 
 
 def test_the_default_trunk_key_is_the_shipped_ones():

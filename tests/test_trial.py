@@ -369,3 +369,17 @@ def test_make_trunk_ships_a_small_trunk_that_head_trials_then_start_from(workspa
     assert path.parent.parent == tmp_path / "fresh" / "trunks"
     restored = load_checkpoint(path)["model"]
     assert all(torch.equal(restored[k], v.float()) for k, v in weights.items() if v.is_floating_point())
+
+
+def test_a_run_directory_resumes_only_with_its_own_config(workspace, tmp_path):
+    """Rerunning a run directory with another config is refused before anything is written, naming the fields that
+    differ; where data is cached does not count."""
+    from tracker.config import ConfigError
+
+    run = tmp_path / "run"
+    run_trial(_cfg(workspace, "trainer.epochs=1"), run, progress=False)
+    saved = (run / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match=r"holds a run of another config.*trainer\.lr: 0\.001 -> 0\.002"):
+        run_trial(_cfg(workspace, "trainer.epochs=1", "trainer.lr=0.002"), run, progress=False)
+    assert (run / "config.yaml").read_text() == saved
+    run_trial(_cfg(workspace, "trainer.epochs=1", f"data.cache_dir={workspace / 'data'}"), run, progress=False)

@@ -6,6 +6,7 @@ provides them to Hydra only while LightTrack's configs are composed (no other Hy
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,6 +247,47 @@ def _reject_unknown_keys(node: Any, prefix: str = "") -> None:
             child = node[key]
             if OmegaConf.is_config(child):
                 _reject_unknown_keys(child, f"{prefix}{key}.")
+
+
+def config_differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) for every leaf that differs between two nested dicts: what a study's
+    recipe guard and a resumed run directory name when they refuse."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(set(old) | set(new), key=str)
+                for d in config_differences(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [] if old == new else [(prefix.rstrip("."), old, new)]
+
+
+# settings that change no result: where things are written (the whole paths node: key None), where generated data
+# is cached, how many sequences are tracked in lockstep (the same boxes). A study's recipe and a resumed run
+# directory compare without them.
+NO_EFFECT = (("paths", None), ("data", "cache_dir"), ("evaluation", "batch_sequences"))
+
+
+def without_settings_of_no_effect(config: dict) -> dict:
+    """A copy of a resolved config (plain dicts) without the NO_EFFECT settings."""
+    config = json.loads(json.dumps(config, default=str))
+    for group, key in NO_EFFECT:
+        if isinstance(config.get(group), dict):
+            (config[group] if key else config).pop(key or group, None)
+    return config
+
+
+def check_resumable(cfg: DictConfig, run_dir: str | Path) -> None:
+    """A run directory that holds a checkpoint resumes only with the config it was started with (settings of no
+    effect aside): another one is refused before anything is written, naming the fields that differ."""
+    run_dir = Path(run_dir)
+    saved = run_dir / "config.yaml"
+    if not (saved.is_file() and (run_dir / "checkpoints" / "last.pt").is_file()):
+        return
+    old = without_settings_of_no_effect(OmegaConf.to_container(OmegaConf.load(saved), resolve=True))
+    new = without_settings_of_no_effect(OmegaConf.to_container(job_config(cfg), resolve=True, enum_to_str=True))
+    changed = config_differences(old, new)
+    if changed:
+        shown = "; ".join(f"{key}: {a!r} -> {b!r}" for key, a, b in changed[:8])
+        more = f" (and {len(changed) - 8} more)" if len(changed) > 8 else ""
+        raise ConfigError(f"{run_dir} holds a run of another config, so it does not resume with this one: {shown}"
+                          f"{more}. Use another run directory (hydra.run.dir=...), or the same config.")
 
 
 def job_config(cfg: DictConfig, drop: Sequence[str] = ("hydra",)) -> DictConfig:

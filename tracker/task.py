@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from .config import check_resumable
 from .io import atomic_write_text
 
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -49,6 +50,7 @@ def run_trial(cfg: DictConfig, run_dir: str | os.PathLike, on_epoch_end: Optiona
     started = time.perf_counter()
     run_dir = Path(run_dir)
     trial = Trial(cfg, run_dir, on_epoch_end=on_epoch_end, progress=progress)  # validates config and data first
+    check_resumable(cfg, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     training = time.perf_counter()

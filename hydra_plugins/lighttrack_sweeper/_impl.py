@@ -32,7 +32,7 @@ from search.objectives import (ObjectiveError, non_dominated, objective_entries,
 from search.record import Stage, StudyAttr, TrialAttr, arch_key, reason_attr
 from search.space import Space, build_space, format_value, merge_overrides
 from search.study import StorageError, fail_orphans, local_lock, open_storage, owner_attrs, storage_location
-from tracker.config import job_config, recipe_identity
+from tracker.config import config_differences, job_config, recipe_identity, without_settings_of_no_effect
 from tracker.io import atomic_write_text, stable_hash
 from tracker.version import MODEL_VERSION
 
@@ -107,27 +107,10 @@ def config_key(task_cfg: DictConfig) -> str:
     return stable_hash(OmegaConf.to_container(task_cfg, resolve=True, enum_to_str=True))
 
 
-def _differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
-    """(dotted key, old value, new value) for every leaf that differs between two nested dicts."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [d for k in sorted(set(old) | set(new), key=str)
-                for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")]
-    return [] if old == new else [(prefix.rstrip("."), old, new)]
-
-
-# recipe settings that change no result: where things are written (the whole paths node: key None), where generated
-# data is cached, how many sequences are tracked in lockstep (the same boxes); a study stored with them (older code)
-# compares without them
-NO_EFFECT = (("paths", None), ("data", "cache_dir"), ("evaluation", "batch_sequences"))
-
-
 def _without_settings_of_no_effect(recipe: dict) -> dict:
     """A recipe as today's code writes it, without the settings that change no result: a study stored by older
     code compares equal when it trained the same way."""
-    recipe = json.loads(json.dumps(recipe))
-    for group, key in NO_EFFECT:
-        if isinstance(recipe.get(group), dict):
-            (recipe[group] if key else recipe).pop(key or group, None)
+    recipe = without_settings_of_no_effect(recipe)
     generate = (recipe.get("data") or {}).get("generate")
     if isinstance(generate, dict) and generate.get("sources") == "default":  # older studies predate the option
         generate.pop("sources")
@@ -274,7 +257,7 @@ class SweeperImpl:
             study.set_user_attr(StudyAttr.RECIPE, recipe)
         elif StudyAttr.RECIPE in study.user_attrs and \
                 _without_settings_of_no_effect(study.user_attrs[StudyAttr.RECIPE]) != recipe:
-            changed = _differences(_without_settings_of_no_effect(study.user_attrs[StudyAttr.RECIPE]), recipe)
+            changed = config_differences(_without_settings_of_no_effect(study.user_attrs[StudyAttr.RECIPE]), recipe)
             old_version = study.user_attrs[StudyAttr.RECIPE].get("model_version", 1)
             raise SweepConfigError(
                 f"study {self.study_name!r} in {self.location} was run with another recipe: "
