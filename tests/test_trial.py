@@ -216,7 +216,7 @@ def test_train_cli_prints_json_last(workspace, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["run_dir"] == str((tmp_path / "cli").resolve()) and "auc" in result
-    log = (tmp_path / "cli" / "train.log").read_text()  # one line per epoch in the run's own log file
+    log = (tmp_path / "cli" / "epochs.log").read_text()  # one line per epoch in the run's own log file
     assert re.search(r"epoch 1/1: loss \d+\.\d+, IoU \d\.\d+, lr [\d.e-]+, \d+\.\d s", log), log[-2000:]
 
 

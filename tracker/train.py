@@ -167,14 +167,23 @@ class Trial:
             if self.on_epoch_end is not None and self.t.report_every and (epoch + 1) % self.t.report_every == 0:
                 self.on_epoch_end(epoch + 1, stats)
             history.append(stats)
-            log.info("epoch %d/%d: loss %.3f, IoU %.3f%s, lr %.2g, %.1f s", epoch + 1, self.t.epochs, stats["loss"],
-                     stats["iou"], f", val IoU {stats['val_iou']:.3f}" if "val_iou" in stats else "", stats["lr"],
-                     stats["seconds"])  # into the run's log file: `tail -f` shows a trial learning
             save_checkpoint(self.checkpoint_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
                             scheduler=scheduler.state_dict(), scaler=self.precision.scaler.state_dict(),
                             history=history, epoch=epoch + 1, config=self.model_config())
             self.write_history(history)
+            self.log_epoch(stats)
         return model
+
+    def log_epoch(self, stats: dict[str, float]) -> None:
+        """One line per epoch in the run's `epochs.log` (`tail -f` shows a trial learning); on the terminal too when
+        the run shows progress (a single run; a sweep's jobs keep the terminal to the sweep's status lines)."""
+        val = f", val IoU {stats['val_iou']:.3f}" if "val_iou" in stats else ""
+        line = (f"epoch {int(stats['epoch'])}/{self.t.epochs}: loss {stats['loss']:.3f}, IoU {stats['iou']:.3f}{val}, "
+                f"lr {stats['lr']:.2g}, {stats['seconds']:.1f} s")
+        with open(self.run_dir / "epochs.log", "a") as f:
+            f.write(line + "\n")
+        if self.progress:
+            log.info(line)
 
     # ---- what a batch means at each fidelity ------------------------------------------------------
     def pair_forward(self, model: StarkLightning):
