@@ -60,6 +60,7 @@ def test_tiny_trial_writes_every_artefact(workspace, tmp_path):
         assert key in result, key
     assert result["head_params"] == 14_466
     assert len(pd.read_csv(run / "metrics.csv")) == 2  # one row per epoch
+    assert not (run / "tensorboard").exists()  # no experiment logger unless asked for
 
 
 def test_same_config_and_seed_give_the_same_metrics(workspace, tmp_path):
@@ -383,3 +384,20 @@ def test_a_run_directory_resumes_only_with_its_own_config(workspace, tmp_path):
         run_trial(_cfg(workspace, "trainer.epochs=1", "trainer.lr=0.002"), run, progress=False)
     assert (run / "config.yaml").read_text() == saved
     run_trial(_cfg(workspace, "trainer.epochs=1", f"data.cache_dir={workspace / 'data'}"), run, progress=False)
+
+
+def test_logger_tensorboard_writes_each_epochs_scalars_and_stays_out_of_keys(workspace, tmp_path):
+    """logger=tensorboard (off by default) writes per-epoch scalars under the run directory; it changes no result,
+    so it is no part of a study's recipe or a resumed run's identity."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tracker.config import without_settings_of_no_effect
+
+    cfg = _cfg(workspace, "logger=tensorboard")
+    Trial(cfg, tmp_path / "run", progress=False).train()
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
+    assert {"train/loss", "train/iou", "train/lr"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2]
+    plain = OmegaConf.to_container(_cfg(workspace), resolve=True)
+    logged = OmegaConf.to_container(cfg, resolve=True)
+    assert without_settings_of_no_effect(plain) == without_settings_of_no_effect(logged)

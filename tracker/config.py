@@ -258,10 +258,10 @@ def config_differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, 
     return [] if old == new else [(prefix.rstrip("."), old, new)]
 
 
-# settings that change no result: where things are written (the whole paths node: key None), where generated data
+# settings that change no result: where things are written (the whole paths and logger nodes: key None), where data
 # is cached, how many sequences are tracked in lockstep (the same boxes). A study's recipe and a resumed run
 # directory compare without them.
-NO_EFFECT = (("paths", None), ("data", "cache_dir"), ("evaluation", "batch_sequences"))
+NO_EFFECT = (("paths", None), ("logger", None), ("data", "cache_dir"), ("evaluation", "batch_sequences"))
 
 
 def without_settings_of_no_effect(config: dict) -> dict:

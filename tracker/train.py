@@ -145,6 +145,7 @@ class Trial:
             log.info("resuming %s from epoch %d", self.run_dir, start_epoch)
         if start_epoch >= self.t.epochs:
             return model
+        writer = self.experiment_logger()
         head_only = self.t.fidelity == "head"
         features = self.head_features(model) if head_only else None
         loader = None if head_only else self.pair_loader("train", self.t.pairs_per_epoch, self.t.seed)
@@ -172,7 +173,21 @@ class Trial:
                             history=history, epoch=epoch + 1, config=self.model_config())
             self.write_history(history)
             self.log_epoch(stats)
+            if writer is not None:
+                for name, value in stats.items():
+                    if name not in ("epoch", "seconds"):
+                        writer.add_scalar(f"train/{name}", value, epoch + 1)
+                writer.flush()
+        if writer is not None:
+            writer.close()
         return model
+
+    def experiment_logger(self) -> Optional[Any]:
+        """The `logger` group's writer (logger=tensorboard: a SummaryWriter under <run dir>/tensorboard), or None."""
+        node = self.cfg.get("logger")
+        if node is None or node.get("_target_") is None:
+            return None
+        return instantiate(node, log_dir=str(self.run_dir / "tensorboard"))
 
     def log_epoch(self, stats: dict[str, float]) -> None:
         """One line per epoch in the run's `epochs.log` (`tail -f` shows a trial learning); on the terminal too when

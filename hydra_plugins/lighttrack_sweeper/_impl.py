@@ -523,7 +523,7 @@ class SweeperImpl:
         try:
             cfg = self._compose(overrides, trial.number)
             task = job_config(cfg)
-            key = config_key(job_config(cfg, drop=("hydra", "paths")))  # where runs go is no part of a trial
+            key = config_key(job_config(cfg, drop=("hydra", "paths", "logger")))  # where runs go is no part of a trial
             trial.set_user_attr(TrialAttr.SEED, OmegaConf.select(task, "trainer.seed", default=None))
             if "head" in task:
                 trial.set_user_attr(TrialAttr.HEAD, OmegaConf.to_container(task.head, resolve=True, enum_to_str=True))
