@@ -12,7 +12,7 @@ if TYPE_CHECKING:  # numpy is imported where it is used: the sweeper's config im
 
 DIRECTIONS = ("maximize", "minimize")
 
-# The figures a tracker.train trial returns (tracker.train.run_trial, search.sweep.run) that can be objectives:
+# The figures a trial returns (tracker.task.TrialResult.figures(), via search.sweep.run) that can be objectives:
 # tracking scores (tracker.evaluation.METRICS and the static-box tracker's), speed, the profile (heads.cost and
 # tracker.profile) and training time. A name outside this list would train every trial and then fail each.
 METRIC_NAMES = (
@@ -21,7 +21,7 @@ METRIC_NAMES = (
     "fps", "model_fps",
     "head_params", "head_params_deploy", "head_macs", "head_latency_ms",
     "model_params_deploy", "model_macs", "backbone_macs", "template_macs", "model_latency_ms",
-    "train_seconds", "final_train_loss", "seconds",
+    "train_seconds", "evaluate_seconds", "final_train_loss", "seconds",
 )
 
 
