@@ -86,9 +86,9 @@ def local_lock(location: str) -> Iterator[None]:
     if is_url(location):
         yield
         return
-    from filelock import FileLock
+    from tracker.io import file_lock
 
-    with FileLock(location + ".sweeper.lock"):
+    with file_lock(location + ".sweeper.lock"):
         yield
 
 

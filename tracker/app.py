@@ -35,6 +35,8 @@ from .config import CONF_DIR
 def user_errors() -> tuple[type[BaseException], ...]:
     """What a user's input can cause, as opposed to a bug: bad config values, heads, data sets, checkpoints and
     result files, and files that are not there."""
+    from omegaconf.errors import MissingMandatoryValue
+
     from heads.spec import HeadSpecError
 
     from .config import ConfigError
@@ -42,8 +44,6 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from .data.config import DataConfigError
     from .evaluation.protocol import ResultsError
     from .model.checkpoint import CheckpointError
-
-    from omegaconf.errors import MissingMandatoryValue
 
     return (ConfigError, DataConfigError, HeadSpecError, DatasetError, CheckpointError, ResultsError,
             FileNotFoundError, MissingMandatoryValue)
@@ -54,8 +54,7 @@ def _leave_no_empty_run_dir() -> None:
     from hydra.core.hydra_config import HydraConfig
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    own = [p for p in run_dir.iterdir() if p.name != ".hydra" and p.suffix != ".log"] if run_dir.is_dir() else []
-    if run_dir.is_dir() and not own:
+    if run_dir.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
@@ -105,7 +104,8 @@ def hydra_app(task: Callable[[Any], Any], config_name: str,
             raise SystemExit(f"error: LightTrack's configs are not at {CONF_DIR} (no {config_name}.yaml): the "
                              f"console scripts need an editable install of the repository, "
                              f"`pip install -e <repository>`")
-        hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(InRunsRoot(task, user_errors))()
+        app = hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")
+        app(InRunsRoot(task, user_errors))()
 
     main.__doc__ = f"Runs the Hydra app of conf/{config_name}.yaml (`--help` says what it does)."
     return main

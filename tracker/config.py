@@ -105,20 +105,22 @@ def _check_partial_target(node: Any, where: str, base: str) -> None:
         raise not_allowed(f"{where}._target_", repr(target), f"a subclass of {base}")
 
 
+# the optimiser and schedule a recipe runs by default: partial targets reading its flat fields
+DEFAULT_STEPPERS: dict[str, dict[str, Any]] = {
+    "optimizer": {"_target_": "torch.optim.AdamW", "_partial_": True, "weight_decay": "${..weight_decay}"},
+    "scheduler": {"_target_": "torch.optim.lr_scheduler.StepLR", "_partial_": True, "step_size": "${..lr_step_epochs}",
+                  "gamma": "${..lr_gamma}"},
+}
+
+
 def recipe_identity(recipe: dict) -> dict:
     """A training recipe (a plain dict: trainer or trainer.baseline_trunk) as it identifies a run: without its
-    optimiser and schedule nodes when they are what its flat fields imply (AdamW with its weight decay, StepLR with
-    its step and factor, what every run did before those nodes existed), so trunk keys and study recipes written
-    then still match. Any other optimiser or schedule stays in."""
-    recipe = dict(recipe)
-    implied = {"optimizer": {"_target_": "torch.optim.AdamW", "_partial_": True,
-                             "weight_decay": recipe.get("weight_decay")},
-               "scheduler": {"_target_": "torch.optim.lr_scheduler.StepLR", "_partial_": True,
-                             "step_size": recipe.get("lr_step_epochs"), "gamma": recipe.get("lr_gamma")}}
-    for name, default in implied.items():
-        if recipe.get(name) == default:
-            recipe.pop(name)
-    return recipe
+    optimiser and schedule nodes when they are the defaults resolved against its own fields (what every run did
+    before those nodes existed), so trunk keys and study recipes written then still match. Any other optimiser or
+    schedule stays in."""
+    flat = {k: v for k, v in recipe.items() if k not in DEFAULT_STEPPERS and not isinstance(v, dict)}
+    implied = OmegaConf.to_container(OmegaConf.create({**flat, **DEFAULT_STEPPERS}), resolve=True)
+    return {k: v for k, v in recipe.items() if not (k in DEFAULT_STEPPERS and v == implied[k])}
 
 
 @dataclass
@@ -141,11 +143,8 @@ class TrainingRecipe:
     seed: int = 42
     # the optimiser and schedule as partial targets: called with (parameter groups, lr=lr) and (optimiser);
     # another one is an override (trainer.optimizer._target_=torch.optim.SGD +trainer.optimizer.momentum=0.9)
-    optimizer: Dict[str, Any] = field(default_factory=lambda: {
-        "_target_": "torch.optim.AdamW", "_partial_": True, "weight_decay": "${..weight_decay}"})
-    scheduler: Dict[str, Any] = field(default_factory=lambda: {
-        "_target_": "torch.optim.lr_scheduler.StepLR", "_partial_": True, "step_size": "${..lr_step_epochs}",
-        "gamma": "${..lr_gamma}"})
+    optimizer: Dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_STEPPERS["optimizer"]))
+    scheduler: Dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_STEPPERS["scheduler"]))
 
     _prefix = "trainer"  # how errors name the node (a class attribute, not a config field)
 
@@ -155,7 +154,8 @@ class TrainingRecipe:
                positive=("lr",))
         if not 0 < self.lr_gamma <= 1:  # a step schedule's factor: 0 or less zeroes or flips the rate
             raise not_allowed(f"{self._prefix}.lr_gamma", repr(self.lr_gamma), "a factor in (0, 1]")
-        for name, base in (("optimizer", "torch.optim.Optimizer"), ("scheduler", "torch.optim.lr_scheduler.LRScheduler")):
+        for name, base in (("optimizer", "torch.optim.Optimizer"),
+                           ("scheduler", "torch.optim.lr_scheduler.LRScheduler")):
             _check_partial_target(getattr(self, name), f"{self._prefix}.{name}", base)
 
 
@@ -271,23 +271,6 @@ def without_settings_of_no_effect(config: dict) -> dict:
         if isinstance(config.get(group), dict):
             (config[group] if key else config).pop(key or group, None)
     return config
-
-
-def check_resumable(cfg: DictConfig, run_dir: str | Path) -> None:
-    """A run directory that holds a checkpoint resumes only with the config it was started with (settings of no
-    effect aside): another one is refused before anything is written, naming the fields that differ."""
-    run_dir = Path(run_dir)
-    saved = run_dir / "config.yaml"
-    if not (saved.is_file() and (run_dir / "checkpoints" / "last.pt").is_file()):
-        return
-    old = without_settings_of_no_effect(OmegaConf.to_container(OmegaConf.load(saved), resolve=True))
-    new = without_settings_of_no_effect(OmegaConf.to_container(job_config(cfg), resolve=True, enum_to_str=True))
-    changed = config_differences(old, new)
-    if changed:
-        shown = "; ".join(f"{key}: {a!r} -> {b!r}" for key, a, b in changed[:8])
-        more = f" (and {len(changed) - 8} more)" if len(changed) > 8 else ""
-        raise ConfigError(f"{run_dir} holds a run of another config, so it does not resume with this one: {shown}"
-                          f"{more}. Use another run directory (hydra.run.dir=...), or the same config.")
 
 
 def job_config(cfg: DictConfig, drop: Sequence[str] = ("hydra",)) -> DictConfig:

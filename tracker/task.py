@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from .config import check_resumable
+from .config import ConfigError, config_differences, job_config, without_settings_of_no_effect
 from .io import atomic_write_text
 
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -37,6 +37,28 @@ class TrialResult:
         sweep's objectives and the study's `metrics` attribute are read from."""
         return {**self.metrics, **self.cost, **self.timings, **self.history, "fidelity": self.fidelity,
                 "device": self.device, "run_dir": self.run_dir}
+
+
+def run_checkpoint(run_dir: str | os.PathLike) -> Path:
+    """A run directory's checkpoint: the last epoch's model, optimiser and history (what a rerun resumes)."""
+    return Path(run_dir) / "checkpoints" / "last.pt"
+
+
+def check_resumable(cfg: DictConfig, run_dir: str | Path) -> None:
+    """A run directory that holds a checkpoint resumes only with the config it was started with (settings of no
+    effect aside): another one is refused before anything is written, naming the fields that differ."""
+    run_dir = Path(run_dir)
+    saved = run_dir / "config.yaml"
+    if not (saved.is_file() and run_checkpoint(run_dir).is_file()):
+        return
+    old = without_settings_of_no_effect(OmegaConf.to_container(OmegaConf.load(saved), resolve=True))
+    new = without_settings_of_no_effect(OmegaConf.to_container(job_config(cfg), resolve=True, enum_to_str=True))
+    changed = config_differences(old, new)
+    if changed:
+        shown = "; ".join(f"{key}: {a!r} -> {b!r}" for key, a, b in changed[:8])
+        more = f" (and {len(changed) - 8} more)" if len(changed) > 8 else ""
+        raise ConfigError(f"{run_dir} holds a run of another config, so it does not resume with this one: {shown}"
+                          f"{more}. Use another run directory (hydra.run.dir=...), or the same config.")
 
 
 def run_trial(cfg: DictConfig, run_dir: str | os.PathLike, on_epoch_end: Optional[EpochCallback] = None,

@@ -9,6 +9,7 @@ run directory.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -31,7 +32,7 @@ from .io import atomic_path
 from .model import StarkLightning
 from .model.checkpoint import load_checkpoint, load_trunk, save_checkpoint
 from .profile import resolve_device
-from .task import EpochCallback, run_trial
+from .task import EpochCallback, run_checkpoint, run_trial
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +66,6 @@ def trial_data(cfg: DictConfig):
 
     t = cfg.trainer
     return with_crops(cfg.data, center_jitter=t.search_center_jitter, scale_jitter=t.search_scale_jitter)
-
-
-def run_checkpoint(run_dir: str | os.PathLike) -> Path:
-    """A run directory's checkpoint: the last epoch's model, optimiser and history (what a rerun resumes)."""
-    return Path(run_dir) / "checkpoints" / "last.pt"
 
 
 class Trial:
@@ -147,39 +143,39 @@ class Trial:
             return model
         writer = self.experiment_logger()
         head_only = self.t.fidelity == "head"
+        config = self.model_config()  # stored in every checkpoint
         features = self.head_features(model) if head_only else None
         loader = None if head_only else self.pair_loader("train", self.t.pairs_per_epoch, self.t.seed)
-        for epoch in range(start_epoch, self.t.epochs):
-            seed_everything(self.t.seed + 1000 * (epoch + 1))  # dropout and shuffles repeat after a resume
-            started = time.perf_counter()
-            if head_only:
-                model.head.train()
-                stats = engine.run_epoch(self.feature_batches(features["train"], epoch), self.head_forward(model),
-                                         epoch)
-            else:
-                model.train()
-                loader.sampler.set_epoch(epoch)
-                stats = engine.run_epoch(loader, self.pair_forward(model), epoch)
-            scheduler.step()
-            stats.update(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"],
-                         seconds=time.perf_counter() - started)
-            if head_only:
-                stats["val_iou"] = self.val_iou(model, features["val"])
-            if self.on_epoch_end is not None and self.t.report_every and (epoch + 1) % self.t.report_every == 0:
-                self.on_epoch_end(epoch + 1, stats)
-            history.append(stats)
-            save_checkpoint(self.checkpoint_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                            scheduler=scheduler.state_dict(), scaler=self.precision.scaler.state_dict(),
-                            history=history, epoch=epoch + 1, config=self.model_config())
-            self.write_history(history)
-            self.log_epoch(stats)
-            if writer is not None:
-                for name, value in stats.items():
-                    if name not in ("epoch", "seconds"):
-                        writer.add_scalar(f"train/{name}", value, epoch + 1)
-                writer.flush()
-        if writer is not None:
-            writer.close()
+        with contextlib.closing(writer) if writer is not None else contextlib.nullcontext():
+            for epoch in range(start_epoch, self.t.epochs):
+                seed_everything(self.t.seed + 1000 * (epoch + 1))  # dropout and shuffles repeat after a resume
+                started = time.perf_counter()
+                if head_only:
+                    model.head.train()
+                    batches = self.feature_batches(features["train"], epoch)
+                    stats = engine.run_epoch(batches, self.head_forward(model), epoch)
+                else:
+                    model.train()
+                    loader.sampler.set_epoch(epoch)
+                    stats = engine.run_epoch(loader, self.pair_forward(model), epoch)
+                scheduler.step()
+                stats.update(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"],
+                             seconds=time.perf_counter() - started)
+                if head_only:
+                    stats["val_iou"] = self.val_iou(model, features["val"])
+                if self.on_epoch_end is not None and self.t.report_every and (epoch + 1) % self.t.report_every == 0:
+                    self.on_epoch_end(epoch + 1, stats)
+                history.append(stats)
+                save_checkpoint(self.checkpoint_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                                scheduler=scheduler.state_dict(), scaler=self.precision.scaler.state_dict(),
+                                history=history, epoch=epoch + 1, config=config)
+                self.write_history(history)
+                self.log_epoch(stats)
+                if writer is not None:
+                    for name, value in stats.items():
+                        if name not in ("epoch", "seconds"):
+                            writer.add_scalar(f"train/{name}", value, epoch + 1)
+                    writer.flush()
         return model
 
     def experiment_logger(self) -> Optional[Any]:

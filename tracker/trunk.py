@@ -21,7 +21,7 @@ from .cache import SHIPPED_TRUNKS, baseline_trunk_config, ensure_baseline_trunk
 from .config import job_config
 from .io import atomic_write_text
 from .model.checkpoint import load_checkpoint, save_checkpoint
-from .train import run_checkpoint
+from .task import run_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,6 @@ that trial's result. The rest are launched; what each job returns is checked aga
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -256,8 +255,8 @@ class SweeperImpl:
             study.set_user_attr(StudyAttr.SPACE, {d.name: repr(d.distribution) for d in space.dimensions})
             study.set_user_attr(StudyAttr.RECIPE, recipe)
         elif StudyAttr.RECIPE in study.user_attrs and \
-                _without_settings_of_no_effect(study.user_attrs[StudyAttr.RECIPE]) != recipe:
-            changed = config_differences(_without_settings_of_no_effect(study.user_attrs[StudyAttr.RECIPE]), recipe)
+                (changed := config_differences(_without_settings_of_no_effect(study.user_attrs[StudyAttr.RECIPE]),
+                                               recipe)):
             old_version = study.user_attrs[StudyAttr.RECIPE].get("model_version", 1)
             raise SweepConfigError(
                 f"study {self.study_name!r} in {self.location} was run with another recipe: "
@@ -291,7 +290,7 @@ class SweeperImpl:
         if isinstance(task.get("model"), dict):
             task["model"].pop("head", None)
         task["model_version"] = MODEL_VERSION
-        return _without_settings_of_no_effect(json.loads(json.dumps(task, default=str)))
+        return _without_settings_of_no_effect(task)  # a JSON-safe copy
 
     def _compose(self, overrides: Sequence[str], number: Optional[int] = None) -> DictConfig:
         extra = [] if number is None else [f"hydra.sweeper.trial={number}"]

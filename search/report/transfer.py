@@ -58,7 +58,7 @@ def evaluate_run(run_dir: Path, data: Any, where: str, progress: bool = False) -
     it is there: a rerun of the report costs nothing)."""
     from tracker.evaluation import PER_SEQUENCE_FILE, evaluate_on, load_model, scores_dir
     from tracker.profile import resolve_device
-    from tracker.train import run_checkpoint
+    from tracker.task import run_checkpoint
 
     out = run_dir / where
     if (scores_dir(out) / PER_SEQUENCE_FILE).is_file():

@@ -182,7 +182,8 @@ def build_sources(cfg: Any) -> list[tuple[TrackingDataset, float]]:
 
 def build_processing(cfg: Any) -> PairProcessing:
     p = to_data_conf(cfg).processing
-    return PairProcessing(p.template, p.search, grayscale=p.grayscale, flip=p.flip, brightness=p.brightness, mean=p.mean, std=p.std)
+    return PairProcessing(p.template, p.search, grayscale=p.grayscale, flip=p.flip, brightness=p.brightness,
+                          mean=p.mean, std=p.std)
 
 
 def build_pair_dataset(cfg: Any, pairs_per_epoch: int = 60000, seed: int = 0) -> PairDataset:
