@@ -19,10 +19,17 @@ METRIC_NAMES = (
     "auc", "op50", "op75", "precision", "norm_precision", "ao", "sr50", "sr75",
     "static_auc", "static_precision", "static_ao",
     "fps", "model_fps",
-    "head_params", "head_params_deploy", "head_macs", "head_latency_ms",
-    "model_params_deploy", "model_macs", "backbone_macs", "template_macs", "model_latency_ms",
+    "head_params", "head_params_deploy", "head_macs",
+    "model_params_deploy", "model_macs", "backbone_macs", "template_macs",
+    # measured latency (tracker.latency), known before training
+    "head_latency_ms", "head_latency_p90_ms", "frame_latency_ms", "frame_latency_p90_ms", "head_latency_ratio",
+    "frame_latency_ratio",
+    # INT8 (evaluation.quantize=int8, hydra.sweeper.int8=true)
+    "int8_auc", "int8_auc_drop", "int8_frame_latency_ms", "onnx_frame_latency_ms",
     "train_seconds", "evaluate_seconds", "final_train_loss", "seconds",
 )
+LATENCY_NAMES = ("head_latency_ms", "head_latency_p90_ms", "frame_latency_ms", "frame_latency_p90_ms",
+                 "head_latency_ratio", "frame_latency_ratio")
 
 
 class ObjectiveError(ValueError):

@@ -47,3 +47,19 @@ def test_a_head_preset_on_a_frozen_bn_trainer_without_a_trunk_is_refused():
             compose("train", overrides)
     cfg = compose("train", ["trainer=gpu_head", "trainer.trunk=/trunk.pt"])
     assert (cfg.trainer.fidelity, cfg.model.search_size, cfg.trainer.amp) == ("head", 320, "auto")
+
+
+SWEEPER_PRESETS = sorted(p.stem for p in (CONF_DIR / "hydra" / "sweeper").glob("*.yaml"))
+SPACES = sorted(p.stem for p in (CONF_DIR / "search").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("override", [f"hydra/sweeper={name}" for name in SWEEPER_PRESETS]
+                         + [f"search@hydra.sweeper.space={name}" for name in SPACES])
+def test_every_sweeper_preset_and_space_composes_with_its_objectives_known(override):
+    from search.objectives import parse_objectives
+    from search.space import build_space
+
+    cfg = compose("sweep", [override], return_hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    assert parse_objectives(list(sweeper.objectives))  # every name a figure a trial returns
+    assert build_space(sweeper.space).dimensions

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from functools import partial
@@ -218,14 +219,15 @@ def test_own_checkpoint_trunk_round_trip(tmp_path):
     ("dsconv", {"head_params": 14_466, "head_params_deploy": 14_466, "head_macs": 5_657_600}),
 ])
 def test_profile_cli_prints_spec_figures(head, expected, tmp_path):
-    out = subprocess.run([sys.executable, "-m", "tracker.profile", f"head={head}", "output=json", "latency.repeats=3",
-                          "latency.warmup=1", "device=cpu", f"hydra.run.dir={tmp_path}"], cwd=ROOT,
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "tracker.profile", f"head={head}", "output=json", "latency=quick",
+                          "device=cpu", f"hydra.run.dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True,
+                         check=True, env={**os.environ, "LIGHTTRACK_RUNS": str(tmp_path / "runs")})
     profile = json.loads(out.stdout.strip().splitlines()[-1])
     assert {k: profile[k] for k in expected} == expected
     assert 1.40e9 < profile["model_macs"] < 1.60e9
     assert "aten::scaled_dot_product_attention" not in profile["unsupported_ops"]
-    assert profile["head_latency_ms"] > 0 and profile["model_latency_ms"] > 0
+    assert 0 < profile["head_latency_ms"] < profile["frame_latency_ms"] and profile["latency_runtime"] == "torch"
+    assert list((tmp_path / "runs" / "latency").glob("*.json"))  # measured once, kept for the next ask
 
 
 def test_a_trunk_from_other_crop_sizes_is_refused_with_the_sizes_to_set(tmp_path):

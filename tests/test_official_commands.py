@@ -66,17 +66,17 @@ def test_evaluate_tracks_with_the_official_model_as_it_is(official, workspace, t
 
 def test_profile_accepts_the_official_checkpoint(official, workspace):
     path, _ = official
-    out = _run("tracker.profile", f"checkpoint={path}", "output=json", "latency.repeats=2", "latency.warmup=1",
+    out = _run("tracker.profile", f"checkpoint={path}", "output=json", "latency=quick",
                "device=cpu", workspace=workspace)["json"]
     assert (out["head_params"], out["model_params_deploy"], out["head_macs"]) == (331_522, 2_151_202, 118_886_400)
-    assert out["checkpoint"] == str(path) and out["model_latency_ms"] > 0
+    assert out["checkpoint"] == str(path) and out["frame_latency_ms"] > 0
 
 
 @pytest.mark.parametrize("fidelity", ["head", "finetune"])
 def test_train_a_head_on_the_official_trunk(official, workspace, tmp_path, fidelity):
     path, source = official
     run_dir = tmp_path / fidelity
-    out = _run("tracker.train", "trainer=tiny", "head=dsconv", f"trainer.fidelity={fidelity}", f"trainer.trunk={path}",
+    out = _run("tracker.train", "trainer=tiny", "latency=quick", "head=dsconv", f"trainer.fidelity={fidelity}", f"trainer.trunk={path}",
                *OFFICIAL_SIZES, "trainer.epochs=1", "trainer.pairs_per_epoch=4", "trainer.head_feature_pairs=4",
                f"data.cache_dir={workspace / 'data'}", *TINY_DATA, f"hydra.run.dir={run_dir}",
                workspace=workspace)["json"]

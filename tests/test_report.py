@@ -20,7 +20,7 @@ from search.study import open_storage
 from tracker.config import CONF_DIR, compose
 
 ROOT = CONF_DIR.parent
-TINY = ["trainer=tiny", "trainer.epochs=1", "data.generate.train_sequences=3", "data.generate.val_sequences=2",
+TINY = ["trainer=tiny", "latency=quick", "trainer.epochs=1", "data.generate.train_sequences=3", "data.generate.val_sequences=2",
         "data.generate.frames=10", "data.generate.width=128", "data.generate.height=96"]
 
 # (role, head overrides, auc, head_macs, head_params_deploy)

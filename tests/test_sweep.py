@@ -336,16 +336,22 @@ def test_pruner_with_several_objectives_is_refused_before_any_trial(tmp_path):
 
 
 def test_over_budget_candidates_are_pruned_without_training(tmp_path):
-    # every RepVGG candidate costs more MACs than the user's head; the references are exempt
-    ok(sweep(tmp_path / "s", "head=choice(repvgg)", "hydra.sweeper.budget.head_macs=3e5",
+    # every RepVGG candidate costs more MACs than the user's head, and no frame runs in a nanosecond: measured
+    # latency is a cost figure known before training, like MACs; the references are exempt
+    ok(sweep(tmp_path / "s", "hydra/sweeper=latency", "latency=quick", "head=choice(repvgg)",
+             "hydra.sweeper.budget.head_macs=3e5", "hydra.sweeper.budget.frame_latency_ms=1e-6",
              "hydra.sweeper.max_settled=3", "hydra.sweeper.max_trials=5"))
     study = load(tmp_path / "s")
     assert [t.state for t in study.trials[:2]] == [TrialState.COMPLETE] * 2
-    assert study.trials[0].user_attrs["cost"]["head_macs"] > 3e5  # the baseline ran though over budget
+    baseline = study.trials[0]
+    assert baseline.user_attrs["cost"]["head_macs"] > 3e5  # the baseline ran though over budget
+    # the fake task returns no latency: the objective is the figure measured before training
+    assert baseline.values[1] == baseline.user_attrs["cost"]["frame_latency_ms"] > 0
     settled = study.trials[2:]
     assert len(settled) == 3 and all(t.state == TrialState.PRUNED for t in settled)
     for t in settled:
         assert t.user_attrs["prune_reason"].startswith("over budget before training: head_macs=")
+        assert "frame_latency_ms=" in t.user_attrs["prune_reason"]
         assert t.user_attrs["trained"] is False and not (tmp_path / "s" / "trials" / str(t.number)).exists()
 
 

@@ -39,7 +39,7 @@ def _runs_root(workspace, monkeypatch):
 
 
 def _cfg(workspace, *overrides):
-    return compose("train", ["trainer=tiny", f"data.cache_dir={workspace / 'data'}", *TINY_DATA, *overrides])
+    return compose("train", ["trainer=tiny", "latency=quick", f"data.cache_dir={workspace / 'data'}", *TINY_DATA, *overrides])
 
 
 def test_tiny_trial_writes_every_artefact(workspace, tmp_path):
@@ -211,7 +211,7 @@ def test_evaluate_normalises_as_the_checkpoint_was_trained(workspace, tmp_path, 
 
 def test_train_cli_prints_json_last(workspace, tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "tracker.train", "trainer=tiny", "head=dsconv", "trainer.epochs=1",
+        [sys.executable, "-m", "tracker.train", "trainer=tiny", "latency=quick", "head=dsconv", "trainer.epochs=1",
          f"data.cache_dir={workspace / 'data'}", *TINY_DATA, f"hydra.run.dir={tmp_path / 'cli'}"],
         cwd=ROOT, capture_output=True, text=True, env={**__import__("os").environ})
     assert out.returncode == 0, out.stderr[-2000:]

@@ -232,6 +232,32 @@ class EvaluationConf:
             raise not_allowed("evaluation.max_sequences", self.max_sequences, "null or >= 1")
 
 
+@dataclass
+class LatencyConf:
+    """How a candidate's batch-1 latency is measured (tracker.latency): before training, on the untrained model,
+    interleaved with STARK-Lightning's own head at the same sizes. No part of a run's identity: it changes no
+    trained weight or score, only the latency figures."""
+
+    RUNTIMES = ("torch", "deployed", "onnxruntime")
+    runtime: str = "torch"  # torch (eager, deploy form) | deployed (the evaluation's fast path) | onnxruntime
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
+    threads: int = 1  # CPU threads (torch and ONNX Runtime's intra-op): 1 is the steadiest and an edge device's
+    warmup: int = 10  # untimed calls of each model first
+    repeats: int = 30  # timed calls per round, of the head and of the frame
+    rounds: int = 5  # rounds alternate the candidate and the reference
+    reference: bool = True  # time the reference too and record the candidate / reference ratios
+
+    def __post_init__(self) -> None:
+        if self.runtime not in self.RUNTIMES:
+            raise not_allowed("latency.runtime", self.runtime, f"one of {list(self.RUNTIMES)}")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise not_allowed("latency.device", self.device, "auto, cpu, cuda or cuda:N")
+        for name, low in (("threads", 1), ("warmup", 0), ("repeats", 1), ("rounds", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise not_allowed(f"latency.{name}", value, f"an integer >= {low}")
+
+
 def _reject_unknown_keys(node: Any, prefix: str = "") -> None:
     """A key a typed node's schema does not have (added with `+`, which lifts struct mode) would be carried
     along and ignored: it fails instead, named."""
@@ -261,7 +287,8 @@ def config_differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, 
 # settings that change no result: where things are written (the whole paths and logger nodes: key None), where data
 # is cached, how many sequences are tracked in lockstep (the same boxes). A study's recipe and a resumed run
 # directory compare without them.
-NO_EFFECT = (("paths", None), ("logger", None), ("data", "cache_dir"), ("evaluation", "batch_sequences"))
+NO_EFFECT = (("paths", None), ("logger", None), ("latency", None), ("data", "cache_dir"),
+             ("evaluation", "batch_sequences"))
 
 
 def without_settings_of_no_effect(config: dict) -> dict:

@@ -38,7 +38,7 @@ from heads.cost import deploy_copy
 from .config import ConfigError
 from .io import atomic_path, atomic_write_text
 from .model import StarkLightning, TemplateMemory
-from .profile import median_latency_ms
+from .latency import median_latency_ms
 from .version import MODEL_VERSION
 
 log = logging.getLogger(__name__)
@@ -152,6 +152,20 @@ def _providers(requested: Sequence[str] | None) -> list[str]:
     return chosen + ["CPUExecutionProvider"]
 
 
+def session_options(threads: int = 1) -> "onnxruntime.SessionOptions":
+    """ONNX Runtime settings for batch-1 tracking: `threads` intra-op threads, sequential, every graph optimisation."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # idle workers sleep instead of spinning (~0.2 s after each run): between frames the tracker's own Python
+    # (cropping, mapping boxes back) needs those cores
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 def _numpy(value: Any) -> np.ndarray:
     return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
 
@@ -171,13 +185,7 @@ class OnnxTracker:
             if not path.is_file():
                 raise FileNotFoundError(f"{path} does not exist: export first (python -m tracker.export "
                                         f"checkpoint=PATH format=onnx out={out_dir})")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # idle workers sleep instead of spinning (~0.2 s after each run): between frames the tracker's own Python
-        # (cropping, mapping boxes back) needs those cores
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options = session_options(threads)
         self.providers = _providers(providers)
         self.sessions = {name: ort.InferenceSession(str(path), options, providers=self.providers)
                          for name, path in paths.items()}
@@ -248,7 +256,7 @@ def check_options(cfg: DictConfig) -> None:
 
 def _main(cfg: DictConfig) -> None:
     from .evaluation import load_model
-    from .profile import resolve_device
+    from .latency import resolve_device
 
     check_options(cfg)
     device = resolve_device(cfg.device)

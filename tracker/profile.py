@@ -2,39 +2,25 @@
 `python -m tracker.profile checkpoint=PATH` for a trained model (ours, or STARK's official file).
 
 Parameters and MACs with fvcore on the deploy form (RepVGG branches reparameterised, BN folded), attention
-matmuls included, at the configured sizes; latency of the head and of the per-frame search branch.
+matmuls included, at the configured sizes; latency of the head and of the per-frame search branch on the
+`latency` group's runtime (tracker.latency: median and p90, interleaved with STARK-Lightning's own head).
 """
 from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from heads.cost import count_macs, count_params, deploy_copy, profile_head
 
+from .latency import Latency, candidate_latency, measure_latency, median_latency_ms, reference_head, resolve_device
+
+__all__ = ["profile_model", "format_table", "median_latency_ms", "resolve_device"]
+
 log = logging.getLogger(__name__)
-
-LATENCY_BLOCKS = 5  # the timed calls are split into at most this many blocks, each a sample of the median
-
-
-@torch.no_grad()
-def median_latency_ms(fn: Callable[[], Any], device: torch.device, warmup: int = 10, repeats: int = 50) -> float:
-    """Median time of one `fn()` call in ms, by `torch.utils.benchmark.Timer`, which synchronises the accelerator
-    (`device`'s, if any) around what it times: `warmup` calls, then `repeats` timed calls (rounded down to a
-    multiple of the block count) in up to `LATENCY_BLOCKS` equal blocks, each after the Timer's own untimed
-    warm-up calls (two for blocks under 300 calls). Each block gives one per-call time (block time / calls); the
-    median of those is robust to a block disturbed by other work, and no synchronisation is charged to each call."""
-    from torch.utils.benchmark import Measurement, Timer  # imported when timing: it loads the C++ extension tools
-
-    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-    for _ in range(warmup):
-        fn()
-    blocks = min(repeats, LATENCY_BLOCKS)
-    measurement, = Measurement.merge(timer.timeit(repeats // blocks) for _ in range(blocks))
-    return measurement.median * 1e3
 
 
 class _SearchBranch(nn.Module):
@@ -58,9 +44,9 @@ class _TemplateBranch(nn.Module):
 
 
 @torch.no_grad()
-def profile_model(model: nn.Module, device: torch.device | str = "cpu", latency: bool = True, warmup: int = 10,
-                  repeats: int = 50) -> dict[str, Any]:
-    """Full profile of a tracker exposing `encode_template`, `track`, `head`, `template_size`, `search_size`."""
+def profile_model(model: nn.Module, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Parameters and MACs of a tracker exposing `encode_template`, `track`, `head`, `template_size`,
+    `search_size` (latency is `tracker.latency`'s: known before training, measured against a reference)."""
     device = torch.device(device)
     deployed = deploy_copy(model).to(device)
     in_channels, feat = deployed.encoder.linear2.out_features, deployed.search_feat
@@ -75,7 +61,7 @@ def profile_model(model: nn.Module, device: torch.device | str = "cpu", latency:
     model_macs, by_module, unsupported = count_macs(search, (x, x_mask))
     template_macs, _, template_unsupported = count_macs(_TemplateBranch(deployed), (z, z_mask))
     head_unsupported = head.pop("head_unsupported_ops")
-    result: dict[str, Any] = {
+    return {
         **head,
         "model_params_deploy": count_params(deployed),
         "model_macs": model_macs,
@@ -85,19 +71,6 @@ def profile_model(model: nn.Module, device: torch.device | str = "cpu", latency:
         "feature_size": feat,
         "device": str(device),
     }
-    if latency:
-        head_in = torch.zeros(1, in_channels, feat, feat, device=device)
-        result["head_latency_ms"] = median_latency_ms(lambda: deployed.head(head_in), device, warmup, repeats)
-        result["model_latency_ms"] = median_latency_ms(lambda: search(x, x_mask), device, warmup, repeats)
-    return result
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} is not available here (no CUDA); use device=cpu or device=auto")
-    return torch.device(name)
 
 
 def format_table(profile: dict[str, Any]) -> str:
@@ -111,9 +84,17 @@ def format_table(profile: dict[str, Any]) -> str:
         ("template branch MACs (once)", f"{profile['template_macs']:,}"),
         ("ops fvcore did not count", ", ".join(profile["unsupported_ops"]) or "none"),
     ]
-    if "head_latency_ms" in profile:
-        rows += [(f"head latency ({profile['device']}, median)", f"{profile['head_latency_ms']:.3f} ms"),
-                 (f"search branch latency ({profile['device']}, median)", f"{profile['model_latency_ms']:.3f} ms")]
+    if "frame_latency_ms" in profile:
+        where = f"{profile['latency_runtime']}, {profile['latency_device']}, {profile['latency_threads']} thread(s)"
+        rows += [("latency measured on", where),
+                 ("head latency, median / p90", f"{profile['head_latency_ms']:.3f} / "
+                                                f"{profile['head_latency_p90_ms']:.3f} ms"),
+                 ("search branch latency, median / p90", f"{profile['frame_latency_ms']:.3f} / "
+                                                         f"{profile['frame_latency_p90_ms']:.3f} ms"),
+                 ("head share of the frame", f"{100 * profile['head_latency_share']:.1f} %"),
+                 ("spread of per-round medians", f"{100 * profile['frame_latency_spread']:.1f} %")]
+        if "frame_latency_ratio" in profile:
+            rows.append(("frame time / with STARK-Lightning's head", f"{profile['frame_latency_ratio']:.3f}"))
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
@@ -134,8 +115,15 @@ def _main(cfg) -> None:
         head = model_cfg.head
     else:
         model, head = instantiate(cfg.model), cfg.head
-    profile = profile_model(model, device, latency=cfg.latency.enabled, warmup=cfg.latency.warmup,
-                            repeats=cfg.latency.repeats)
+    profile = profile_model(model, device)
+    if cfg.timed:
+        conf = OmegaConf.to_object(cfg.latency)
+        if cfg.checkpoint:  # the checkpoint's own model, timed against the reference head at its sizes
+            reference = instantiate(model_cfg.model, head=instantiate(reference_head())) if conf.reference else None
+            latency: Latency = measure_latency(model, conf, reference)
+        else:
+            latency = candidate_latency(cfg, conf)
+        profile.update(latency.figures())
     profile["head"] = OmegaConf.to_container(head, resolve=True, enum_to_str=True)
     if cfg.checkpoint:
         profile["checkpoint"] = str(cfg.checkpoint)

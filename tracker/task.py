@@ -24,7 +24,7 @@ class TrialResult:
     """What one trained and scored config produced."""
 
     metrics: dict[str, Any]  # the evaluation's figures: auc, precision, ..., static_auc, fps (tracker.evaluation)
-    cost: dict[str, Any]  # the deployed model's profile: parameters, MACs, latency (tracker.profile)
+    cost: dict[str, Any]  # the deployed model's profile: parameters, MACs (tracker.profile), latency (tracker.latency)
     timings: dict[str, float]  # train_seconds, evaluate_seconds, seconds (the whole trial)
     head: dict[str, Any]  # the resolved head spec
     fidelity: str
@@ -66,6 +66,7 @@ def run_trial(cfg: DictConfig, run_dir: str | os.PathLike, on_epoch_end: Optiona
     """Train, profile and evaluate one config; writes every artefact into `run_dir` (validated first: a bad config
     or broken data fails before the directory is written)."""
     from .evaluation import evaluate_model
+    from .latency import candidate_latency
     from .profile import profile_model
     from .train import Trial
 
@@ -78,7 +79,7 @@ def run_trial(cfg: DictConfig, run_dir: str | os.PathLike, on_epoch_end: Optiona
     training = time.perf_counter()
     model = trial.train()
     trained = time.perf_counter()
-    profile = profile_model(model, trial.device, latency=True, warmup=3, repeats=20)
+    profile = {**profile_model(model, trial.device), **candidate_latency(cfg).figures()}  # latency: cached
     profiled = time.perf_counter()
     metrics = evaluate_model(model, cfg, run_dir, device=trial.device, progress=progress)
     history = pd.read_csv(run_dir / "metrics.csv") if (run_dir / "metrics.csv").is_file() else None

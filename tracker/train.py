@@ -31,7 +31,7 @@ from .engine import Engine, Precision, deterministic_algorithms, seed_everything
 from .io import atomic_path
 from .model import StarkLightning
 from .model.checkpoint import load_checkpoint, load_trunk, save_checkpoint
-from .profile import resolve_device
+from .latency import resolve_device
 from .task import EpochCallback, run_checkpoint, run_trial
 
 log = logging.getLogger(__name__)

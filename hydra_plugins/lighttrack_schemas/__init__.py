@@ -36,6 +36,7 @@ SCHEMAS = {
     "model/model_schema": "tracker.config:ModelConf",
     "trainer/trainer_schema": "tracker.config:TrainerConf",
     "evaluation/evaluation_schema": "tracker.config:EvaluationConf",
+    "latency/latency_schema": "tracker.config:LatencyConf",
     "data/data_schema": "tracker.data.config:DataConf",
     "data_generate_schema": "tracker.data.generate:GenerateConf",  # conf/data_generate.yaml (lighttrack-data)
 }

@@ -15,7 +15,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -42,6 +42,10 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+# a trial's identity (duplicates share it) leaves out where runs go and how latency is measured: neither changes
+# what trains or how it scores
+NO_PART_OF_A_TRIAL = ("hydra", "paths", "logger", "latency")
+INT8_OVERRIDE = "evaluation.quantize=int8"  # hydra.sweeper.int8=true adds it to every trial
 
 
 class SweepConfigError(ValueError, CompactHydraException):
@@ -151,8 +155,8 @@ class SweeperImpl:
     def __init__(self, sampler: Any, pruner: Any, study_name: str, storage: Optional[str], objectives: Any,
                  space: Any, n_trials: Optional[int], max_trials: Optional[int], n_jobs: Optional[int], seed: int,
                  cost: Any, budget: Any, enqueue: Any, max_settled: int = 200, trial: Optional[int] = None,
-                 confirm: Any = None, dry_run: bool = False) -> None:
-        self.dry_run = dry_run
+                 confirm: Any = None, dry_run: bool = False, int8: bool = False) -> None:
+        self.dry_run, self.int8 = dry_run, int8
         self.sampler_cfg, self.pruner_cfg = sampler, pruner
         self.study_name, self.storage = study_name, storage
         try:
@@ -319,6 +323,8 @@ class SweeperImpl:
     def sweep(self, arguments: list[str]) -> list[tuple[int, str]]:
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         space = build_space(self.space_cfg, arguments, parser)
+        if self.int8:  # every trial also scores its INT8 model: a fixed override, part of the study's recipe
+            space.fixed = merge_overrides(space.fixed, [INT8_OVERRIDE])
         if self.dry_run:
             self._dry_run(space)
             return []
@@ -522,7 +528,7 @@ class SweeperImpl:
         try:
             cfg = self._compose(overrides, trial.number)
             task = job_config(cfg)
-            key = config_key(job_config(cfg, drop=("hydra", "paths", "logger")))  # where runs go is no part of a trial
+            key = config_key(job_config(cfg, drop=NO_PART_OF_A_TRIAL))
             trial.set_user_attr(TrialAttr.SEED, OmegaConf.select(task, "trainer.seed", default=None))
             if "head" in task:
                 trial.set_user_attr(TrialAttr.HEAD, OmegaConf.to_container(task.head, resolve=True, enum_to_str=True))
@@ -627,6 +633,8 @@ class SweeperImpl:
         metrics = scalar_metrics(figures)
         if metrics:
             trial.set_user_attr(TrialAttr.METRICS, metrics)
+        if isinstance(figures, Mapping):  # the cost settled before training owns its figures (measured latency)
+            figures = {**figures, **trial.user_attrs.get(TrialAttr.COST, {})}
         try:
             values = objective_values(figures, self.objectives)
         except ObjectiveError as e:

@@ -134,6 +134,8 @@ class LightTrackSweeperConf:
     confirm: ConfirmConf = field(default_factory=ConfirmConf)
     # print the space, how many candidates it holds, the first few with their cost, the study's state; train nothing
     dry_run: bool = False
+    # every trial also quantises its model to INT8 and scores it on the same sequences (int8_auc, int8_auc_drop)
+    int8: bool = False
     # set by the sweeper on each job (the trial number); null outside a sweep job
     trial: Optional[int] = None
 

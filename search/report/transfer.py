@@ -57,7 +57,7 @@ def evaluate_run(run_dir: Path, data: Any, where: str, progress: bool = False) -
     """Tracks `data`'s evaluation split with a run's trained model; writes under run_dir/<where>/ (skipped when
     it is there: a rerun of the report costs nothing)."""
     from tracker.evaluation import PER_SEQUENCE_FILE, evaluate_on, load_model, scores_dir
-    from tracker.profile import resolve_device
+    from tracker.latency import resolve_device
     from tracker.task import run_checkpoint
 
     out = run_dir / where
