@@ -9,7 +9,7 @@ import torch
 
 from tracker import latency as latency_mod
 from tracker.config import LatencyConf, compose
-from tracker.latency import candidate_latency, latency_key, measure_latency, reference_head
+from tracker.latency import build_with_head, candidate_latency, latency_key, measure_latency, reference_head
 
 QUICK = dict(warmup=1, repeats=3, rounds=2, device="cpu")
 
@@ -26,11 +26,8 @@ def _cfg(*overrides: str):
 
 @pytest.mark.parametrize("runtime", ["torch", "deployed", "onnxruntime"])
 def test_every_runtime_gives_positive_finite_figures_and_a_ratio(runtime, runs):
-    from hydra.utils import instantiate
-
     cfg = _cfg()
-    model = instantiate(cfg.model, head=instantiate(cfg.head))
-    reference = instantiate(cfg.model, head=instantiate(reference_head()))
+    model, reference = build_with_head(cfg.model, cfg.head), build_with_head(cfg.model, reference_head())
     figures = measure_latency(model, LatencyConf(runtime=runtime, **QUICK), reference).figures()
     for name in ("head_latency_ms", "head_latency_p90_ms", "frame_latency_ms", "frame_latency_p90_ms",
                  "head_latency_ratio", "frame_latency_ratio", "frame_latency_spread"):

@@ -81,7 +81,11 @@ def _fake_study(tmp_path: Path, seeds: int = 1, objectives: Optional[list] = Non
                                            noise=2.0 if seeds > 1 else 0.0)
             head = OmegaConf.to_container(cfg.head, resolve=True, enum_to_str=True)
             metrics = {"auc": value, "precision": value + 5, "head_macs": macs, "head_params_deploy": params,
-                       "head_params": params, "static_auc": STATIC_AUC, "head_latency_ms": 0.05 + macs / 1e8}
+                       "head_params": params, "static_auc": STATIC_AUC, "model_macs": 1.5e9 + macs,
+                       # depthwise heads run slower than their MACs say: the report must show where MACs mislead
+                       "head_latency_ms": 0.05 + macs / 1e8 + (0.5 if "dsconv" in overrides[0] else 0.0),
+                       "latency_runtime": "torch", "latency_device": "test cpu", "latency_threads": 1}
+            metrics["frame_latency_ms"] = 2.0 + metrics["head_latency_ms"]
             study.add_trial(optuna.trial.create_trial(
                 values=[metrics[n] for n, _ in objectives or DEFAULT], params={"head": choices["head"]},
                 distributions={"head": optuna.distributions.CategoricalDistribution(["repvgg", "dsconv", "mbconv"])},
@@ -104,7 +108,8 @@ def test_report_from_a_study(tmp_path):
     out = Path(result["out_dir"])
     assert out == tmp_path / "runs" / "sweeps" / "fake" / "report"
     for file in ["trials.csv", "architectures.csv", "pareto.csv", "summary.md", "best.yaml", "best.json",
-                 "auc_vs_macs.png", "auc_vs_params.png", "hypervolume.png", "importances.png"]:
+                 "auc_vs_macs.png", "auc_vs_params.png", "hypervolume.png", "importances.png",
+                 "auc_vs_latency.png", "macs_vs_latency.png"]:
         assert (out / file).is_file(), file
     trials = pd.read_csv(out / "trials.csv")
     assert len(trials) == 6 and (trials.state == "FAIL").sum() == 1
@@ -127,6 +132,12 @@ def test_report_from_a_study(tmp_path):
     assert "Baseline (RepVGG head, `repvgg x2 w128 relu k3 f3`): AUC 40.0" in summary
     assert "bootstrap" in summary and "unconfirmed" in summary and "nan" not in summary.lower()
     assert "e+0" not in summary  # counts read 118.9 M, not 1.19e+08
+    # measured latency: where MACs mislead, and the most a head can save
+    assert "## MACs against measured latency" in summary and "torch on test cpu, 1 thread(s)" in summary
+    assert "Kendall's tau between head MACs and head latency" in summary
+    assert "Fewer MACs but a slower head: `dsconv" in summary
+    share = 100 * (0.05 + 118_886_400 / 1e8) / (2.05 + 118_886_400 / 1e8)
+    assert f"no head can make the frame more than {share:.1f} % faster" in summary
     best = yaml.safe_load((out / "best.yaml").read_text())
     assert best["head"]["num_blocks"] == 3 and best["head"]["block"] == "dsconv"  # highest AUC, no budget
     text = (out / "best.yaml").read_text()
@@ -280,7 +291,8 @@ def test_single_objective_study_gets_its_front_and_importance_plot(tmp_path):
     name = _fake_study(tmp_path, objectives=[("auc", "maximize")])
     result = build_report(ReportConf(transfer=None, study=name), tmp_path / "runs")
     out = Path(result["out_dir"])
-    assert result["pareto"] == ["2"] and set(result["plots"]) == {"auc_vs_macs", "auc_vs_params", "importances"}
+    assert result["pareto"] == ["2"] and set(result["plots"]) == {"auc_vs_macs", "auc_vs_params", "importances",
+                                                                  "auc_vs_latency", "macs_vs_latency"}
     assert (out / "importances.png").is_file() and not (out / "hypervolume.png").exists()
     # a grid (no study) is read with the sweeper's default objectives
     from search.objectives import DEFAULT_OBJECTIVES

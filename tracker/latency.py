@@ -247,6 +247,16 @@ def reference_head() -> DictConfig:
     return OmegaConf.structured(HeadSpec)
 
 
+def build_with_head(model: Any, head: Any) -> nn.Module:
+    """The tracker a `model` config node builds, with `head` (a head config node) in place of its own."""
+    from hydra.utils import instantiate
+
+    node = OmegaConf.to_container(model, resolve=True, enum_to_str=True)
+    node["head"] = OmegaConf.to_container(head, resolve=True, enum_to_str=True) if OmegaConf.is_config(head) \
+        else dict(head)
+    return instantiate(OmegaConf.create(node))
+
+
 def latency_key(cfg: DictConfig, conf: LatencyConf) -> str:
     """Everything that decides a measurement: the model and head, the runtime and its settings, the machine,
     the library versions."""
@@ -266,8 +276,6 @@ def candidate_latency(cfg: DictConfig, conf: Optional[LatencyConf] = None, cache
     """The latency of the model `cfg` (a job config with `model` and `head`) composes to, measured untrained on
     `conf` (default: `cfg.latency`), cached under <runs>/latency/<key>.json: a repeat costs a file read, and two
     processes asking at once measure it once."""
-    from hydra.utils import instantiate
-
     if conf is None:
         conf = OmegaConf.to_object(cfg.latency) if OmegaConf.is_config(cfg.latency) else cfg.latency
     key = latency_key(cfg, conf)
@@ -286,8 +294,8 @@ def candidate_latency(cfg: DictConfig, conf: Optional[LatencyConf] = None, cache
         if cache and (found := load()) is not None:
             return found
         torch.manual_seed(0)
-        model = instantiate(cfg.model, head=instantiate(cfg.head))
-        reference = instantiate(cfg.model, head=instantiate(reference_head())) if conf.reference else None
+        model = build_with_head(cfg.model, cfg.head)
+        reference = build_with_head(cfg.model, reference_head()) if conf.reference else None
         started = time.perf_counter()
         latency = measure_latency(model, conf, reference)
         log.debug("latency measured in %.1f s: %s", time.perf_counter() - started, latency)

@@ -16,7 +16,8 @@ from torch import nn
 
 from heads.cost import count_macs, count_params, deploy_copy, profile_head
 
-from .latency import Latency, candidate_latency, measure_latency, median_latency_ms, reference_head, resolve_device
+from .latency import (Latency, build_with_head, candidate_latency, measure_latency, median_latency_ms, reference_head,
+                      resolve_device)
 
 __all__ = ["profile_model", "format_table", "median_latency_ms", "resolve_device"]
 
@@ -119,7 +120,7 @@ def _main(cfg) -> None:
     if cfg.timed:
         conf = OmegaConf.to_object(cfg.latency)
         if cfg.checkpoint:  # the checkpoint's own model, timed against the reference head at its sizes
-            reference = instantiate(model_cfg.model, head=instantiate(reference_head())) if conf.reference else None
+            reference = build_with_head(model_cfg.model, reference_head()) if conf.reference else None
             latency: Latency = measure_latency(model, conf, reference)
         else:
             latency = candidate_latency(cfg, conf)

@@ -4,12 +4,14 @@ Writes `<runs>/sweeps/<study>/report/`: `trials.csv` (one row per trial: arch, s
 `architectures.csv` (one row per architecture: means over seeds, bootstrap intervals, the difference to the
 baseline and its verdict), `pareto.csv` (the front's rows of it), `transfer.csv` (the references and the front
 on a held-out split), `summary.md` (the claims, in the verdicts' words), plots (AUC against head MACs and
-parameters with interval bars, hypervolume by trial, parameter importances) and `best.yaml` / `best.json`, the
+parameters with interval bars, and against measured latency with MACs against latency when the trials timed it,
+hypervolume by trial, parameter importances) and `best.yaml` / `best.json`, the
 chosen architecture as a config that `python -m tracker.train --config-dir <report> --config-name best` retrains.
 
 A plain Hydra grid (`python -m tracker.train -m ...`) has no study: its run directories are read and put into
 an in-memory Optuna study, so both sources share one code path. Layout: load (trials), stats (intervals,
-verdicts, Kendall's tau), analysis (architectures, front, verdicts, choice), transfer, plots, export.
+verdicts, Kendall's tau), analysis (architectures, front, verdicts, choice), transfer, hardware (MACs against
+latency), plots, export.
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ from .analysis import add_uncertainty, architectures, choose_best, compare_to_ba
 from .config import ReportConf, ReportError
 from .export import arch_frame, best_files, summary_markdown, trial_frame
 from .load import confirm_seeds, frame_to_study, grid_frame, load_frame, study_frame
-from .plots import optuna_plots, plot_front, save_figure
+from .hardware import latency_facts
+from .plots import optuna_plots, plot_front, plot_macs_latency, save_figure
 from .stats import BootstrapConf, Verdict
 from .transfer import transfer_preset, transfer_table
 
@@ -62,6 +65,11 @@ def build_report(conf: ReportConf, runs_root: Path, progress: bool = True) -> di
                                           out / f"auc_vs_{name}.png")
              for name, cost, title in (("macs", "head_macs", "head MACs"),
                                        ("params", "head_params_deploy", "deployed head parameters"))}
+    hardware = latency_facts(table, frame)
+    if hardware is not None:
+        plots["auc_vs_latency"] = save_figure(plot_front(table, "frame_latency_ms", "AUC against measured per-frame "
+                                                         "latency", floor, conf.confidence), out / "auc_vs_latency.png")
+        plots["macs_vs_latency"] = save_figure(plot_macs_latency(table, hardware), out / "macs_vs_latency.png")
     if len(study.trials):
         base = table[table["role"] == Role.BASELINE]
         baseline_values = None if base.empty else [float(base.iloc[0][o.name]) for o in objectives]
@@ -81,7 +89,8 @@ def build_report(conf: ReportConf, runs_root: Path, progress: bool = True) -> di
         text, record = best_files(best, why, frame, study.study_name, out, conf.rule)
         atomic_write(out / "best.yaml", text)
         atomic_write(out / "best.json", json.dumps(record, indent=2))
-    summary = summary_markdown(study.study_name, frame, table, objectives, best, why, transfer, min_seeds, retrain)
+    summary = summary_markdown(study.study_name, frame, table, objectives, best, why, transfer, min_seeds, retrain,
+                               hardware)
     atomic_write(out / "summary.md", summary)
     return {"out_dir": str(out), "trials": len(frame), "complete": int((frame.state == "COMPLETE").sum()),
             "pareto": front["trials"].tolist(), "best_trials": None if best is None else str(best["trials"]),

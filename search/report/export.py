@@ -95,7 +95,7 @@ def _claim(row: pd.Series) -> str:
 
 def summary_markdown(title: str, frame: pd.DataFrame, table: pd.DataFrame, objectives: list, best: Optional[pd.Series],
                      why: str, transfer: Optional[tuple[pd.DataFrame, dict]] = None, min_seeds: int = 1,
-                     retrain: str = "") -> str:
+                     retrain: str = "", hardware: Optional[dict[str, Any]] = None) -> str:
     states = frame["state"].value_counts().to_dict()
     front = table[table["pareto"]].sort_values("head_macs")
     margin = table.attrs.get("margin", float("nan"))
@@ -164,6 +164,8 @@ def summary_markdown(title: str, frame: pd.DataFrame, table: pd.DataFrame, objec
                                                   zip(scores["test_auc_diff"], scores["test_auc_diff_ci_low"],
                                                       scores["test_auc_diff_ci_high"])]})
         lines += [rows.to_markdown(index=False), "", transfer_words(scores, info), ""]
+    if hardware is not None:
+        lines += ["## MACs against measured latency", "", latency_words(hardware), ""]
     lines += [f"## Chosen architecture (best.yaml; among front members with at least {min_seeds} seed(s) that "
               "track)", ""]
     if best is None:
@@ -198,6 +200,32 @@ def transfer_words(scores: pd.DataFrame, info: dict, tracks_by: float = 10.0) ->
         text += (f" {len(below)} of {n} architectures do not beat the static box on it: "
                  + ", ".join(f"`{x}`" for x in below["label"]) + ".")
     return text
+
+
+def latency_words(facts: dict[str, Any]) -> str:
+    """What the latency measurements say about MACs as a cost, plainly, with the limit a head can move."""
+    where = f"{facts['runtime']} on {facts['device']}, {facts['threads']} thread(s), batch 1, median"
+    text = [f"Latency was measured before training on {where} ({facts['architectures']} architectures)."]
+    if facts.get("mixed"):
+        text.append("**Warning:** the trials were timed on more than one runtime, machine or thread count; "
+                    "their latencies do not compare.")
+    if _finite(facts["tau_head"]):
+        strength = ("MACs rank heads by speed well" if facts["tau_head"] >= 0.8 else
+                    "MACs rank heads by speed only roughly" if facts["tau_head"] >= 0.5 else
+                    "**MACs do not rank heads by speed here**")
+        text.append(f"{strength}: Kendall's tau between head MACs and head latency {fmt(facts['tau_head'], 2)} "
+                    f"(p {fmt(facts['p_head'], 3)}); between head MACs and frame latency "
+                    f"{fmt(facts['tau_frame'], 2)} (p {fmt(facts['p_frame'], 3)}).")
+    if facts["discordant"]:
+        text.append("Fewer MACs but a slower head: " + "; ".join(f"`{a}` against `{b}`"
+                                                                  for a, b in facts["discordant"]) + ".")
+    if _finite(facts["baseline_time_share"]):
+        text.append(f"The limit: the baseline head is {fmt(100 * facts['baseline_mac_share'], 1)} % of the "
+                    f"per-frame MACs and {fmt(100 * facts['baseline_time_share'], 1)} % of the measured frame time, "
+                    f"so no head can make the frame more than {fmt(100 * facts['baseline_time_share'], 1)} % "
+                    f"faster; the fastest architecture measured (`{facts['fastest']}`) runs the frame "
+                    f"{fmt(facts['fastest_speedup'], 2)}x as fast as the baseline.")
+    return " ".join(text)
 
 
 def best_files(best: pd.Series, why: str, frame: pd.DataFrame, study_name: str, out: Path, rule: str

@@ -17,7 +17,9 @@ from search.record import Role, study_objectives
 
 log = logging.getLogger(__name__)
 
-COST_LABELS = {"head_macs": "head MACs (deploy form, log)", "head_params_deploy": "head parameters (deploy form, log)"}
+COST_LABELS = {"head_macs": "head MACs (deploy form, log)", "head_params_deploy": "head parameters (deploy form, log)",
+               "frame_latency_ms": "per-frame latency, ms (measured, batch 1, log)",
+               "head_latency_ms": "head latency, ms (measured, batch 1, log)"}
 
 
 def save_figure(fig: Figure, path: Path) -> str:
@@ -57,6 +59,34 @@ def plot_front(table: pd.DataFrame, cost: str, title: str, floor: Optional[float
         ax.axhline(floor, ls="--", c="0.4", lw=1, label=f"static box (AUC {floor:.1f})")
     ax.set_xscale("log")
     ax.set(xlabel=COST_LABELS.get(cost, cost), ylabel="AUC (%)", title=title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_macs_latency(table: pd.DataFrame, facts: dict[str, Any]) -> Figure:
+    """Head MACs against measured head latency per architecture (log-log), references marked: where the points
+    leave a rising line, MACs mislead about speed on this runtime."""
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.subplots()
+    timed = table[table["head_latency_ms"].notna()]
+    ax.scatter(timed["head_macs"], timed["head_latency_ms"], c="tab:blue", s=20, label="architectures")
+    for role, marker, colour, label in ((Role.BASELINE, "s", "tab:red", "RepVGG baseline"),
+                                        (Role.USER_HEAD, "D", "tab:green", "user's DSConv head")):
+        rows = timed[timed["role"] == role]
+        if not rows.empty:
+            ax.scatter(rows["head_macs"], rows["head_latency_ms"], marker=marker, s=80, facecolors="none",
+                       edgecolors=colour, linewidths=2, label=label, zorder=5)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    tau = facts.get("tau_head")
+    rank = f"Kendall's tau {tau:.2f} (p {facts['p_head']:.3f})" if tau is not None and math.isfinite(tau) else \
+        "too few architectures for a rank correlation"
+    ax.set(xlabel=COST_LABELS["head_macs"], ylabel="head latency, ms (median, log)",
+           title=f"Head MACs against measured latency: {rank}\n{facts['runtime']} on {facts['device']}, "
+                 f"{facts['threads']} thread(s)")
+    ax.title.set_fontsize(9)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
