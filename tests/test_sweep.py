@@ -253,7 +253,7 @@ def test_confirmation_stage_repeats_the_front_and_references_with_new_seeds_and_
     result = sweep(tmp_path / "s", *args, "hydra.sweeper.confirm.seeds=3")
     ok(result)
     study = load(tmp_path / "s")
-    assert study.user_attrs["confirm"] == {"seeds": 3, "front": 2, "max_trials": 12}
+    assert study.user_attrs["confirm"] == {"seeds": 3, "front": 2, "max_trials": 12, "every": False}
     search = [t for t in study.trials if t.user_attrs["stage"] == "search"]
     repeats = [t for t in study.trials if t.user_attrs["stage"] == "confirm"]
     assert len(search) == 5 and all(t.state == TrialState.COMPLETE for t in study.trials)
@@ -292,7 +292,8 @@ def test_bad_confirmation_settings_are_refused_before_any_trial(tmp_path):
     base = dict(sampler={}, pruner=None, study_name="s", storage=None, objectives=[{"name": "auc",
                 "direction": "maximize"}], space={}, n_trials=None, max_trials=3, n_jobs=1, seed=0, cost=None,
                 budget={}, enqueue={})
-    for name, value in (("seeds", 0), ("front", -1), ("max_trials", -2), ("seeds", True), ("sedes", 3)):
+    for name, value in (("seeds", 0), ("front", -1), ("max_trials", -2), ("seeds", True), ("sedes", 3),
+                        ("every", "yes")):
         with pytest.raises(SweepConfigError, match=rf"hydra\.sweeper\.confirm\.{name}"):
             SweeperImpl(**base, confirm={name: value})
     # and from the command line, before any trial

@@ -170,10 +170,15 @@ class SweeperImpl:
         self.cost_cfg = cost
         self.budget = _budget(budget)
         self.enqueue = {str(k): list(v) for k, v in dict(enqueue or {}).items()}
-        self.confirm = {"seeds": 1, "front": 4, "max_trials": None, **dict(confirm or {})}
+        self.confirm = {"seeds": 1, "front": 4, "max_trials": None, "every": False, **dict(confirm or {})}
         for name, value in self.confirm.items():
+            if name == "every":
+                if not isinstance(value, bool):
+                    raise SweepConfigError(f"hydra.sweeper.confirm.every={value!r} is not allowed: true or false")
+                continue
             if name not in ("seeds", "front", "max_trials"):
-                raise SweepConfigError(f"hydra.sweeper.confirm.{name} is not a setting: seeds, front, max_trials")
+                raise SweepConfigError(f"hydra.sweeper.confirm.{name} is not a setting: seeds, front, max_trials, "
+                                       "every")
             if (value is not None or name != "max_trials") and (
                     isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "max_trials" else 1)):
                 raise SweepConfigError(f"hydra.sweeper.confirm.{name}={value!r} is not allowed: "
@@ -457,7 +462,7 @@ class SweeperImpl:
 
     def _plan_confirmation(self, study: optuna.Study) -> list[int]:
         """Enqueues, for the `confirm.front` most accurate non-dominated architectures (on their means over
-        seeds) and the references, the seeds they lack to reach `confirm.seeds`, within `confirm.max_trials`.
+        seeds; every architecture with `confirm.every`) and the references, the seeds they lack to reach `confirm.seeds`, within `confirm.max_trials`.
         A seed counts once it is complete, running, waiting or failed (a failed repeat is not retried, unless its
         sweep process died under it)."""
         trials = study.get_trials(deepcopy=False)
@@ -481,7 +486,8 @@ class SweeperImpl:
         mask = non_dominated(list(means.values()), self.objectives)
         sign = -1.0 if self.objectives[0].direction == "maximize" else 1.0
         front = sorted((a for a, m in zip(means, mask) if m), key=lambda a: sign * means[a][0])
-        chosen = front[: self.confirm["front"]]
+        chosen = sorted(means, key=lambda a: sign * means[a][0]) if self.confirm["every"] else \
+            front[: self.confirm["front"]]
         chosen += [a for a in done if a not in chosen and any(t.user_attrs.get(TrialAttr.ROLE) for t in done[a])]
         enqueued = []
         for arch in chosen:

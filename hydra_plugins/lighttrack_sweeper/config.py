@@ -102,6 +102,7 @@ class ConfirmConf:
     seeds: int = 1  # seeds per confirmed architecture (1: no confirmation stage)
     front: int = 4  # confirm at most this many front members (the most accurate first), plus the references
     max_trials: Optional[int] = None  # confirmation trials in the study at which it stops (null: no limit)
+    every: bool = False  # every architecture the study trained, not only the front (a grid whose table needs all)
 
 
 @dataclass
