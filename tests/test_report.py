@@ -39,19 +39,23 @@ DIFFICULTY = np.linspace(-12, 12, len(SEQUENCES))  # a hard video is hard for ev
 STATIC_AUC = 15.0
 
 
-def _write_sequence_scores(run_dir: Path, auc: float, rng: np.random.Generator, noise: float = 2.0) -> float:
-    """Per-sequence AUCs around `auc` as tracker.evaluate writes them; returns their mean (the trial's AUC)."""
+def _write_sequence_scores(run_dir: Path, auc: float, rng: np.random.Generator, noise: float = 2.0,
+                           int8_drop: Optional[float] = None) -> tuple[float, Optional[float]]:
+    """Per-sequence AUCs around `auc` as tracker.evaluate writes them (and the INT8 tracker's, `int8_drop` lower
+    with some noise); returns their means (the trial's AUC, its INT8 AUC)."""
     per_seq = auc + DIFFICULTY + rng.normal(0, noise, len(SEQUENCES))
-    static = STATIC_AUC + DIFFICULTY
-    table = pd.DataFrame({"tracker": ["model"] * len(SEQUENCES) + ["static"] * len(SEQUENCES),
-                          "sequence": SEQUENCES * 2, "auc": np.concatenate([per_seq, static])})
+    columns = {"model": per_seq, "static": STATIC_AUC + DIFFICULTY}
+    if int8_drop is not None:
+        columns["int8"] = per_seq - int8_drop + rng.normal(0, 0.3, len(SEQUENCES))
+    table = pd.DataFrame({"tracker": [t for t in columns for _ in SEQUENCES], "sequence": SEQUENCES * len(columns),
+                          "auc": np.concatenate(list(columns.values()))})
     (run_dir / "plots").mkdir(parents=True, exist_ok=True)
     table.to_csv(run_dir / "plots" / "per_sequence.csv", index=False)
-    return float(per_seq.mean())
+    return float(per_seq.mean()), (None if int8_drop is None else float(columns["int8"].mean()))
 
 
 def _fake_study(tmp_path: Path, seeds: int = 1, objectives: Optional[list] = None, trials: list = TRIALS,
-                seed_sd: float = 0.5, confirm: Optional[int] = None) -> str:
+                seed_sd: float = 0.5, confirm: Optional[int] = None, int8: Optional[dict] = None) -> str:
     """A study laid out as the sweeper writes it: objectives, roles, metrics, cost, head, run dirs, per-sequence
     scores (the attribute names spelled out: they are what studies on disk hold). `objectives`: [(name,
     direction), ...] stored as the sweeper stores them; None: a study that names none (read with the default
@@ -77,8 +81,9 @@ def _fake_study(tmp_path: Path, seeds: int = 1, objectives: Optional[list] = Non
             (run_dir / ".hydra").mkdir()
             choices = {"head": overrides[0].split("=")[1], "trainer": "tiny", "data": "synthetic"}
             (run_dir / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": choices}}}))
-            value = _write_sequence_scores(run_dir, auc + (rng.normal(0, seed_sd) if seeds > 1 else 0.0), rng,
-                                           noise=2.0 if seeds > 1 else 0.0)
+            drop = None if int8 is None else int8[" ".join(overrides)]
+            value, int8_auc = _write_sequence_scores(run_dir, auc + (rng.normal(0, seed_sd) if seeds > 1 else 0.0),
+                                                     rng, noise=2.0 if seeds > 1 else 0.0, int8_drop=drop)
             head = OmegaConf.to_container(cfg.head, resolve=True, enum_to_str=True)
             metrics = {"auc": value, "precision": value + 5, "head_macs": macs, "head_params_deploy": params,
                        "head_params": params, "static_auc": STATIC_AUC, "model_macs": 1.5e9 + macs,
@@ -86,6 +91,9 @@ def _fake_study(tmp_path: Path, seeds: int = 1, objectives: Optional[list] = Non
                        "head_latency_ms": 0.05 + macs / 1e8 + (0.5 if "dsconv" in overrides[0] else 0.0),
                        "latency_runtime": "torch", "latency_device": "test cpu", "latency_threads": 1}
             metrics["frame_latency_ms"] = 2.0 + metrics["head_latency_ms"]
+            if int8_auc is not None:
+                metrics.update(int8_auc=int8_auc, int8_auc_drop=value - int8_auc, int8_scope="model",
+                               int8_frame_latency_ms=1.0, onnx_frame_latency_ms=2.0)
             study.add_trial(optuna.trial.create_trial(
                 values=[metrics[n] for n, _ in objectives or DEFAULT], params={"head": choices["head"]},
                 distributions={"head": optuna.distributions.CategoricalDistribution(["repvgg", "dsconv", "mbconv"])},
@@ -423,3 +431,32 @@ def test_transfer_words_say_when_the_front_does_not_hold_or_nothing_tracks():
     text = transfer_words(close, {"kendall_tau": 0.8, "kendall_p": 0.08, "static_auc": 10.0})
     assert "**No head tracks well on this split**: every test AUC is within 4.0 points" in text
     assert "1 of 5 architectures do not beat the static box on it: `e`" in text
+
+
+def test_int8_drops_get_intervals_and_the_activation_question_an_answer(tmp_path):
+    # the ReLU6 study's shape: two heads x {relu, relu6}, 3 seeds; relu6 loses far less on dsconv, the same on repvgg
+    heads = [("baseline", ["head=repvgg"], 40.0, 118_886_400, 297_474),
+             (None, ["head=repvgg", "head.activation=relu6"], 40.0, 118_886_400, 297_474),
+             (None, ["head=dsconv", "head.activation=relu"], 38.0, 5_657_600, 14_466),
+             ("user_head", ["head=dsconv"], 38.0, 5_657_600, 14_466)]
+    drops = {"head=repvgg": 1.0, "head=repvgg head.activation=relu6": 1.0,
+             "head=dsconv head.activation=relu": 6.0, "head=dsconv": 1.0}
+    name = _fake_study(tmp_path, seeds=3, trials=heads, int8=drops,
+                       objectives=[("auc", "maximize"), ("int8_auc_drop", "minimize")])
+    result = build_report(ReportConf(transfer=None, study=name), tmp_path / "runs")
+    out = Path(result["out_dir"])
+    archs = pd.read_csv(out / "architectures.csv").set_index("label")
+    for label, drop in (("repvgg x2 w128 relu k3 f3", 1.0), ("dsconv x2 w64 relu k3 f1 no-bn", 6.0)):
+        row = archs.loc[label]
+        assert row["int8_auc_drop_ci_low"] < row["int8_auc_drop_mean"] < row["int8_auc_drop_ci_high"]
+        assert abs(row["int8_auc_drop_mean"] - drop) < 0.5
+    compared = pd.read_csv(out / "int8_activations.csv").set_index("label")
+    assert set(compared["activation"]) == {"relu6"} and len(compared) == 2
+    user = compared.loc["dsconv x2 w64 relu6 k3 f1 no-bn"]
+    assert user["drop_diff_ci_high"] < 0 and user["p_smaller_drop"] > 0.95  # 5 points less lost: certain
+    same = compared.loc["repvgg x2 w128 relu6 k3 f3"]
+    assert same["drop_diff_ci_low"] < 0 < same["drop_diff_ci_high"]  # the same drop: no difference claimed
+    summary = (out / "summary.md").read_text()
+    assert "## INT8 (post-training static quantisation, ONNX Runtime)" in summary
+    assert "`dsconv x2 w64 relu6 k3 f1 no-bn` **quantises better than ReLU**" in summary
+    assert "`repvgg x2 w128 relu6 k3 f3` **no measurable difference from ReLU**" in summary

@@ -28,7 +28,7 @@ from .analysis import add_uncertainty, architectures, choose_best, compare_to_ba
 from .config import ReportConf, ReportError
 from .export import arch_frame, best_files, summary_markdown, trial_frame
 from .load import confirm_seeds, frame_to_study, grid_frame, load_frame, study_frame
-from .hardware import latency_facts
+from .hardware import int8_uncertainty, latency_facts
 from .plots import optuna_plots, plot_front, plot_macs_latency, save_figure
 from .stats import BootstrapConf, Verdict
 from .transfer import transfer_preset, transfer_table
@@ -53,6 +53,7 @@ def analyse(frame: pd.DataFrame, study: Any, conf: ReportConf) -> pd.DataFrame:
 def build_report(conf: ReportConf, runs_root: Path, progress: bool = True) -> dict[str, Any]:
     frame, study, out = load_frame(conf, runs_root)
     table = analyse(frame, study, conf)
+    table, activations = int8_uncertainty(table, frame, BootstrapConf(conf.resamples, conf.confidence))
     objectives = table.attrs["objectives"]
     min_seeds = conf.min_seeds or confirm_seeds(study)
     out.mkdir(parents=True, exist_ok=True)
@@ -74,6 +75,8 @@ def build_report(conf: ReportConf, runs_root: Path, progress: bool = True) -> di
         base = table[table["role"] == Role.BASELINE]
         baseline_values = None if base.empty else [float(base.iloc[0][o.name]) for o in objectives]
         plots.update(optuna_plots(study, out, baseline_values))
+    if activations is not None:
+        atomic_write(out / "int8_activations.csv", activations.to_csv(index=False))
     transfer = None
     preset = transfer_preset(conf.transfer, frame)
     if preset:
@@ -90,7 +93,7 @@ def build_report(conf: ReportConf, runs_root: Path, progress: bool = True) -> di
         atomic_write(out / "best.yaml", text)
         atomic_write(out / "best.json", json.dumps(record, indent=2))
     summary = summary_markdown(study.study_name, frame, table, objectives, best, why, transfer, min_seeds, retrain,
-                               hardware)
+                               hardware, activations)
     atomic_write(out / "summary.md", summary)
     return {"out_dir": str(out), "trials": len(frame), "complete": int((frame.state == "COMPLETE").sum()),
             "pareto": front["trials"].tolist(), "best_trials": None if best is None else str(best["trials"]),

@@ -95,7 +95,8 @@ def _claim(row: pd.Series) -> str:
 
 def summary_markdown(title: str, frame: pd.DataFrame, table: pd.DataFrame, objectives: list, best: Optional[pd.Series],
                      why: str, transfer: Optional[tuple[pd.DataFrame, dict]] = None, min_seeds: int = 1,
-                     retrain: str = "", hardware: Optional[dict[str, Any]] = None) -> str:
+                     retrain: str = "", hardware: Optional[dict[str, Any]] = None,
+                     activations: Optional[pd.DataFrame] = None) -> str:
     states = frame["state"].value_counts().to_dict()
     front = table[table["pareto"]].sort_values("head_macs")
     margin = table.attrs.get("margin", float("nan"))
@@ -166,6 +167,7 @@ def summary_markdown(title: str, frame: pd.DataFrame, table: pd.DataFrame, objec
         lines += [rows.to_markdown(index=False), "", transfer_words(scores, info), ""]
     if hardware is not None:
         lines += ["## MACs against measured latency", "", latency_words(hardware), ""]
+    lines += int8_words(table, activations)
     lines += [f"## Chosen architecture (best.yaml; among front members with at least {min_seeds} seed(s) that "
               "track)", ""]
     if best is None:
@@ -226,6 +228,44 @@ def latency_words(facts: dict[str, Any]) -> str:
                     f"faster; the fastest architecture measured (`{facts['fastest']}`) runs the frame "
                     f"{fmt(facts['fastest_speedup'], 2)}x as fast as the baseline.")
     return " ".join(text)
+
+
+def int8_words(table: pd.DataFrame, activations: Optional[pd.DataFrame]) -> list[str]:
+    """summary.md's INT8 section: every architecture's INT8 AUC and drop with intervals, the ONNX Runtime
+    latencies, and the activation comparison in plain words."""
+    timed = table[table["int8_auc_drop_mean"].notna()] if "int8_auc_drop_mean" in table else table.iloc[:0]
+    if timed.empty:
+        return []
+    scope = table.attrs.get("int8_scope", "?")
+    rows = pd.DataFrame({
+        "architecture": timed["label"], "seeds": timed["n_seeds"].astype(int), "FP32 AUC": timed["auc"].map(fmt),
+        "INT8 AUC": [f"{fmt(m)} {fmt_interval(a, b)}" for m, a, b in
+                     zip(timed["int8_auc_mean"], timed["int8_auc_ci_low"], timed["int8_auc_ci_high"])],
+        "drop": [f"{fmt(m, 2, True)} {fmt_interval(a, b, 2, True)}" for m, a, b in
+                 zip(timed["int8_auc_drop_mean"], timed["int8_auc_drop_ci_low"], timed["int8_auc_drop_ci_high"])],
+        "ORT FP32 ms": timed.get("onnx_frame_latency_ms", pd.Series(index=timed.index, dtype=float)).map(
+            lambda v: fmt(v, 2)),
+        "ORT INT8 ms": timed.get("int8_frame_latency_ms", pd.Series(index=timed.index, dtype=float)).map(
+            lambda v: fmt(v, 2))})
+    lines = ["## INT8 (post-training static quantisation, ONNX Runtime)", "",
+             f"Each trial's model quantised to INT8 ({scope}; per-channel weights, QDQ, calibrated on training "
+             f"crops) and scored on the same {table.attrs.get('int8_sequences', '?')} sequences as in FP32; the "
+             "drop is FP32 minus INT8 AUC, paired by sequence and seed, with the same bootstrap. Latency: the "
+             "search branch per frame on ONNX Runtime's CPU kernels, median.", "",
+             rows.to_markdown(index=False, disable_numparse=True), ""]
+    if activations is not None:
+        lines += ["Against ReLU on the same head (drop difference = this activation's drop minus ReLU's; below "
+                  "zero: it loses less to INT8):", ""]
+        for _, r in activations.iterrows():
+            low, high = r["drop_diff_ci_low"], r["drop_diff_ci_high"]
+            words = ("**quantises better than ReLU**" if high < 0 else "**quantises worse than ReLU**" if low > 0
+                     else "**no measurable difference from ReLU**")
+            lines.append(f"- `{r['label']}` {words}: drop {fmt(r['drop'], 2, True)} against ReLU's "
+                         f"{fmt(r['relu_drop'], 2, True)}, difference {fmt(r['drop_diff'], 2, True)} "
+                         f"{fmt_interval(low, high, 2, True)}, p_smaller_drop {fmt(r['p_smaller_drop'], 2)} "
+                         f"({int(r['n_seeds'])} seed(s)).")
+        lines += [""]
+    return lines
 
 
 def best_files(best: pd.Series, why: str, frame: pd.DataFrame, study_name: str, out: Path, rule: str

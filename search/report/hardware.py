@@ -53,3 +53,82 @@ def discordant_pairs(table: pd.DataFrame, shown: int = 3) -> list[tuple[str, str
             if macs_a < macs_b and ms_a > ms_b:
                 pairs.append((ms_a - ms_b, a, b))
     return [(a, b) for _, a, b in sorted(pairs, reverse=True)[:shown]]
+
+
+INT8_COLUMNS = ("int8_auc_mean", "int8_auc_ci_low", "int8_auc_ci_high", "int8_auc_drop_mean",
+                "int8_auc_drop_ci_low", "int8_auc_drop_ci_high")
+
+
+def _per_trial_arrays(done: pd.DataFrame, scores: dict[int, pd.Series], common: list) -> dict[str, np.ndarray]:
+    groups = done.groupby("arch", sort=False)["trial"].apply(list)
+    return {a: np.stack([scores[int(t)].loc[common].to_numpy(float) for t in trials]) for a, trials in groups.items()}
+
+
+def int8_uncertainty(table: pd.DataFrame, frame: pd.DataFrame, conf: Any) -> tuple[pd.DataFrame, Optional[pd.DataFrame]]:
+    """INT8 accuracy with intervals, from each trial's per-sequence scores of its FP32 (`model`) and INT8 (`int8`)
+    trackers on the same sequences: `int8_auc_*` and `int8_auc_drop_*` (FP32 minus INT8, paired by sequence and
+    seed) by the report's bootstrap. And, for heads run with several activations, each activation's drop against
+    ReLU's on the same head (the ReLU6 question: a difference of drops, its interval and the share of resamples
+    in which it quantises better). Returns the table with the columns (unchanged without INT8 trials) and that
+    comparison (None without one)."""
+    from .analysis import completed
+    from .load import sequence_tables, tracker_scores
+    from .stats import bootstrap_table
+
+    if "int8_auc" not in table or table["int8_auc"].isna().all():
+        return table, None
+    done = completed(frame)
+    done = done[done["arch"].isin(table["arch"]) & done["int8_auc"].notna()]
+    tables = sequence_tables(done)
+    fp32, int8 = tracker_scores(tables, "model"), tracker_scores(tables, "int8")
+    done = done[done["trial"].astype(int).isin(set(fp32) & set(int8))]
+    if done.empty:
+        return table, None
+    common = sorted(set.intersection(*(set(fp32[int(t)].index) & set(int8[int(t)].index) for t in done["trial"])))
+    quantised = _per_trial_arrays(done, int8, common)
+    drops = {a: _per_trial_arrays(done, fp32, common)[a] - quantised[a] for a in quantised}
+    rows = []
+    for name, arrays in (("int8_auc", quantised), ("int8_auc_drop", drops)):
+        stats = bootstrap_table(arrays, None, conf)[["auc_mean", "auc_ci_low", "auc_ci_high"]]
+        rows.append(stats.rename(columns=lambda c: c.replace("auc", name, 1)))
+    attrs = dict(table.attrs)
+    table = table.drop(columns=[c for c in INT8_COLUMNS if c in table]).merge(
+        pd.concat(rows, axis=1), left_on="arch", right_index=True, how="left")
+    scopes = sorted(map(str, done["int8_scope"].dropna().unique())) if "int8_scope" in done else []
+    table.attrs.update(attrs, int8_sequences=len(common), int8_scope=", ".join(scopes) or "?")
+    return table, activation_drops(table, drops, conf)
+
+
+def activation_drops(table: pd.DataFrame, drops: dict[str, np.ndarray], conf: Any) -> Optional[pd.DataFrame]:
+    """For each head (every field but the activation) with ReLU among its activations: every other activation's
+    INT8 drop minus ReLU's, with the bootstrap interval, and `p_smaller_drop` (the share of resamples in which it
+    loses less accuracy to INT8 than ReLU does)."""
+    import json
+
+    from .stats import bootstrap_table
+
+    rows = []
+    heads = table.set_index("arch")["head"].map(lambda h: json.loads(h) if isinstance(h, str) else dict(h or {}))
+    family: dict[str, list[str]] = {}
+    for arch, head in heads.items():
+        if arch in drops and "activation" in head:
+            key = json.dumps({k: v for k, v in head.items() if k != "activation"}, sort_keys=True)
+            family.setdefault(key, []).append(arch)
+    for members in family.values():
+        relu = [a for a in members if heads[a]["activation"] == "relu"]
+        if not relu or len(members) < 2:
+            continue
+        stats = bootstrap_table({a: -drops[a] for a in members}, relu[0], conf)  # "improvement" = a smaller drop
+        for arch in members:
+            if arch == relu[0]:
+                continue
+            row = table.set_index("arch").loc[arch]
+            rows.append({"arch": arch, "label": row["label"], "activation": heads[arch]["activation"],
+                         "against": table.set_index("arch").loc[relu[0], "label"],
+                         "drop": float(drops[arch].mean()), "relu_drop": float(drops[relu[0]].mean()),
+                         "drop_diff": -float(stats.loc[arch, "auc_diff"]),
+                         "drop_diff_ci_low": -float(stats.loc[arch, "auc_diff_ci_high"]),
+                         "drop_diff_ci_high": -float(stats.loc[arch, "auc_diff_ci_low"]),
+                         "p_smaller_drop": float(stats.loc[arch, "p_improvement"]),
+                         "n_seeds": int(stats.loc[arch, "n_seeds"])})
+    return pd.DataFrame(rows) if rows else None
