@@ -211,6 +211,10 @@ class TrainerConf(TrainingRecipe):
         _check(self, "trainer", non_negative_ints=("num_workers", "head_feature_pairs", "report_every"))
 
 
+QUANTIZE_MODES = ("none", "int8")  # evaluation.quantize (and the evaluate app's `quantize`)
+QUANTIZE_SCOPES = ("model", "head")  # evaluation.quantize_scope: what tracker.quantize quantises
+
+
 @dataclass
 class EvaluationConf:
     """The online tracker (SPEC.md, Inference) and what to evaluate on."""
@@ -222,6 +226,12 @@ class EvaluationConf:
     # sequences tracked in lockstep, one network call per frame for all (the same boxes up to float rounding);
     # above 1, fps is throughput, not the online tracker's latency (model_latency_ms in the profile is that)
     batch_sequences: int = 1
+    # int8: also quantise the model (tracker.quantize, post-training static, calibrated on data's train split) and
+    # track the same sequences with it under ONNX Runtime: int8_auc, int8_auc_drop, int8/onnx_frame_latency_ms
+    quantize: str = "none"  # none | int8
+    quantize_scope: str = "model"  # model (trunk and head, both graphs) | head (only the head's nodes)
+    calibration_crops: int = 256  # training pairs (template and search crops) that calibrate the INT8 ranges
+    onnx_threads: int = 1  # ONNX Runtime's intra-op threads for the INT8 and FP32 graphs, tracking and timing
 
     def __post_init__(self) -> None:
         if self.margin < 0:
@@ -230,6 +240,12 @@ class EvaluationConf:
             raise not_allowed("evaluation.batch_sequences", self.batch_sequences, "an integer >= 1")
         if self.max_sequences is not None and self.max_sequences < 1:
             raise not_allowed("evaluation.max_sequences", self.max_sequences, "null or >= 1")
+        for name, allowed in (("quantize", QUANTIZE_MODES), ("quantize_scope", QUANTIZE_SCOPES)):
+            if getattr(self, name) not in allowed:
+                raise not_allowed(f"evaluation.{name}", repr(getattr(self, name)), f"one of {list(allowed)}")
+        for name in ("calibration_crops", "onnx_threads"):
+            if getattr(self, name) < 1:
+                raise not_allowed(f"evaluation.{name}", getattr(self, name), "an integer >= 1")
 
 
 @dataclass
@@ -291,12 +307,29 @@ NO_EFFECT = (("paths", None), ("logger", None), ("latency", None), ("data", "cac
              ("evaluation", "batch_sequences"))
 
 
+# the INT8 evaluation's settings (EvaluationConf), of no effect while evaluation.quantize is none: runs and studies
+# stored before they existed have none of them and compare equal; with quantize=int8 they are all kept
+INT8_SETTINGS = ("quantize", "quantize_scope", "calibration_crops", "onnx_threads")
+
+
 def without_settings_of_no_effect(config: dict) -> dict:
-    """A copy of a resolved config (plain dicts) without the NO_EFFECT settings."""
+    """A copy of a resolved config (plain dicts) without the NO_EFFECT settings (and the INT8 settings when no
+    INT8 model is scored)."""
     config = json.loads(json.dumps(config, default=str))
     for group, key in NO_EFFECT:
         if isinstance(config.get(group), dict):
             (config[group] if key else config).pop(key or group, None)
+    return without_unused_int8_settings(config)
+
+
+def without_unused_int8_settings(config: dict) -> dict:
+    """A resolved config (plain dicts, changed in place and returned) without the INT8 settings when no INT8 model
+    is scored: what a trial's identity (the sweeper's duplicate key) and its recipe are computed from, so both
+    match those stored before the settings existed."""
+    evaluation = config.get("evaluation")
+    if isinstance(evaluation, dict) and evaluation.get("quantize", "none") == "none":
+        for key in INT8_SETTINGS:
+            evaluation.pop(key, None)
     return config
 
 

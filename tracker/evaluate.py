@@ -5,6 +5,11 @@ sequence, writes `<sequence>.txt` (x,y,w,h per line) per tracker, measures speed
 prints the metrics as one JSON object on its last stdout line. A static-box tracker (the first box
 forever) is scored beside every model so each report shows the trivial floor. The work is
 `tracker.evaluation` (`load_model`, `evaluate_model`).
+
+`quantize=int8` (`quantize_scope=model|head`) also scores the model quantised to INT8 on the same sequences
+(`tracker.quantize`; the JSON line adds int8_auc, int8_auc_drop and both ONNX latencies). The two top-level keys
+are the evaluation node's settings (conf/evaluate.yaml interpolates them), so `evaluation.quantize=int8` is the
+same run.
 """
 from __future__ import annotations
 
@@ -22,8 +27,11 @@ def _main(cfg: DictConfig) -> None:
 
     from .profile import resolve_device
 
-    from .config import validate
+    from .config import QUANTIZE_MODES, QUANTIZE_SCOPES, not_allowed, validate
 
+    for key, allowed in (("quantize", QUANTIZE_MODES), ("quantize_scope", QUANTIZE_SCOPES)):  # named as typed
+        if OmegaConf.select(cfg, key) not in allowed:
+            raise not_allowed(key, repr(OmegaConf.select(cfg, key)), f"one of {list(allowed)}")
     validate(cfg)
     if not cfg.checkpoint:
         raise ValueError("checkpoint=PATH is required: a checkpoint written by tracker.train "

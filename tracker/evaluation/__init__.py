@@ -17,8 +17,8 @@ from .results import (PER_SEQUENCE_FILE, MetricsConf, load_results_dir, read_per
                       score_directories, scores_dir, write_report, write_results)
 
 _ON_FIRST_USE = {
-    **dict.fromkeys(("StarkTracker", "StaticBoxTracker", "Tracker", "clip_box", "run_tracker", "track_sequence"),
-                    "tracker"),
+    **dict.fromkeys(("OnnxStarkTracker", "StarkTracker", "StaticBoxTracker", "Tracker", "clip_box", "run_tracker",
+                     "track_sequence"), "tracker"),
     **dict.fromkeys(("baseline_model_config", "evaluate_model", "evaluate_on", "load_model"), "run"),
 }
 

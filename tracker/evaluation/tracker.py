@@ -1,6 +1,7 @@
 """The online trackers and tracking a list of sequences: STARK-Lightning's inference (`StarkTracker`, one
-sequence at a time or several in lockstep), the static-box floor (`StaticBoxTracker`), and `run_tracker`, which
-writes each sequence's `<sequence>.txt` and measures speed."""
+sequence at a time or several in lockstep; `OnnxStarkTracker`, the same with exported graphs under ONNX
+Runtime), the static-box floor (`StaticBoxTracker`), and `run_tracker`, which writes each sequence's
+`<sequence>.txt` and measures speed."""
 from __future__ import annotations
 
 import math
@@ -38,17 +39,25 @@ def clip_box(box: np.ndarray, height: int, width: int, margin: int = 10) -> np.n
 class StarkTracker:
     """STARK-Lightning's inference: template cached once, search crop around the previous box, the
     prediction mapped back to the image and clipped with a margin. No window, no smoothing. The network runs
-    as a `DeployedTracker` (a reparameterised copy computed for speed; the same boxes as `model`)."""
+    as a `DeployedTracker` (a reparameterised copy computed for speed; the same boxes as `model`). `name`: the
+    results folder's and the scores' name."""
 
     name = "model"
+    max_batch: int | None = None  # sequences one network call takes (None: any); track_group splits beyond it
 
     def __init__(self, model: StarkLightning, device: torch.device, template_factor: float = TEMPLATE.factor,
-                 search_factor: float = SEARCH.factor, margin: int = 10, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-        self.model = DeployedTracker(model, device)
+                 search_factor: float = SEARCH.factor, margin: int = 10, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                 name: str | None = None):
+        self.model = self._network(model, device)
+        self.name = name or self.name
         self.device, self.margin = device, margin
         self.template_factor, self.search_factor = template_factor, search_factor
         self.processing = PairProcessing(mean=mean, std=std)  # training's normalisation (data.processing.mean/std)
         self.model_seconds = 0.0
+
+    def _network(self, model: Any, device: torch.device) -> Any:
+        """What runs the network: encode_template, track, template_size, search_size."""
+        return DeployedTracker(model, device)
 
     def _input(self, image, box: np.ndarray, factor: float, size: int):
         cx, cy, side = crop_region(box, factor)
@@ -90,7 +99,12 @@ class StarkTracker:
     @torch.no_grad()
     def track_group(self, sequences: list) -> list[np.ndarray]:
         """Several sequences in lockstep, one network call per frame for all that are still running: the same
-        per-sequence tracker as initialize/update, batched for throughput (boxes equal up to float rounding)."""
+        per-sequence tracker as initialize/update, batched for throughput (boxes equal up to float rounding).
+        A network that takes at most `max_batch` sequences gets them in groups of that many (batch 1: one
+        sequence at a time, the online tracker's own calls)."""
+        if self.max_batch is not None and len(sequences) > self.max_batch:
+            return [boxes for i in range(0, len(sequences), self.max_batch)
+                    for boxes in self.track_group(sequences[i:i + self.max_batch])]
         boxes = [np.empty((len(s.frames), 4)) for s in sequences]
         state = [np.asarray(s.boxes[0], dtype=np.float64) for s in sequences]
         template = self._encode([s.image(0) for s in sequences], state)
@@ -104,6 +118,21 @@ class StarkTracker:
                                                  cache)):
                 state[k] = boxes[k][i] = box
         return boxes
+
+
+class OnnxStarkTracker(StarkTracker):
+    """`StarkTracker` with exported graphs as its network: a `tracker.export.OnnxTracker` (FP32 or INT8) on the
+    CPU. Its graphs take batch 1, so lockstep tracking runs one sequence at a time (the same boxes)."""
+
+    name = "onnx"
+    max_batch = 1
+
+    def __init__(self, network: Any, template_factor: float = TEMPLATE.factor, search_factor: float = SEARCH.factor,
+                 margin: int = 10, mean=IMAGENET_MEAN, std=IMAGENET_STD, name: str | None = None):
+        super().__init__(network, torch.device("cpu"), template_factor, search_factor, margin, mean, std, name)
+
+    def _network(self, model: Any, device: torch.device) -> Any:
+        return model
 
 
 class StaticBoxTracker:
