@@ -258,7 +258,8 @@ def int8_words(table: pd.DataFrame, activations: Optional[pd.DataFrame]) -> list
                   "zero: it loses less to INT8):", ""]
         for _, r in activations.iterrows():
             low, high = r["drop_diff_ci_low"], r["drop_diff_ci_high"]
-            words = ("**quantises better than ReLU**" if high < 0 else "**quantises worse than ReLU**" if low > 0
+            words = ("**unconfirmed (too few seeds)**" if r["n_seeds"] < 2 else
+                     "**quantises better than ReLU**" if high < 0 else "**quantises worse than ReLU**" if low > 0
                      else "**no measurable difference from ReLU**")
             lines.append(f"- `{r['label']}` {words}: drop {fmt(r['drop'], 2, True)} against ReLU's "
                          f"{fmt(r['relu_drop'], 2, True)}, difference {fmt(r['drop_diff'], 2, True)} "

@@ -130,5 +130,5 @@ def activation_drops(table: pd.DataFrame, drops: dict[str, np.ndarray], conf: An
                          "drop_diff_ci_low": -float(stats.loc[arch, "auc_diff_ci_high"]),
                          "drop_diff_ci_high": -float(stats.loc[arch, "auc_diff_ci_low"]),
                          "p_smaller_drop": float(stats.loc[arch, "p_improvement"]),
-                         "n_seeds": int(stats.loc[arch, "n_seeds"])})
+                         "n_seeds": int(min(stats.loc[arch, "n_seeds"], stats.loc[relu[0], "n_seeds"]))})
     return pd.DataFrame(rows) if rows else None
