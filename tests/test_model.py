@@ -244,3 +244,18 @@ def test_the_backbone_stride_is_the_one_validation_checks():
     assert RepVGGBackbone(frozen_bn=False).stride == STRIDE
     model = StarkLightning(partial(CornerHead), template_size=32, search_size=64)
     assert model.stride == STRIDE and model.search_feat == StarkLightning.head_geometry(128, 64)["feat_size"] == 4
+
+
+def test_an_empty_or_truncated_checkpoint_is_named_as_such(tmp_path):
+    from tracker.model.checkpoint import read_checkpoint
+
+    model = StarkLightning(partial(CornerHead, block="dsconv", channels=16), template_size=32, search_size=64)
+    whole = tmp_path / "whole.pt"
+    torch.save({"model": model.state_dict()}, whole)
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "cut.pt").write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=r"empty \(0 bytes\): it was not written completely"):
+        read_checkpoint(tmp_path / "empty.pt")
+    with pytest.raises(CheckpointError, match=r"truncated or corrupt .*zip directory missing"):
+        read_checkpoint(tmp_path / "cut.pt")
+    assert set(read_checkpoint(whole)) == {"model"}

@@ -176,12 +176,30 @@ def _load_stark(path: Path, weights_only_error: Exception) -> dict[str, Any]:
     return {"net": ckpt["net"]}
 
 
+def _check_complete(path: Path) -> None:
+    """An empty or cut-off file (a copy or a download that stopped, a disk that filled) says so, instead of
+    failing deep in unpickling with a message about what it holds. torch.save writes a zip archive, whose
+    directory is at its end: a zip's first bytes without that directory is a truncated file."""
+    import zipfile
+
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"checkpoint {str(path)!r} is empty (0 bytes): it was not written completely; "
+                              "copy or save it again")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic == b"PK\x03\x04" and not zipfile.is_zipfile(path):
+        raise CheckpointError(f"checkpoint {str(path)!r} is truncated or corrupt ({size:,} bytes, its zip "
+                              "directory missing): it was not written completely; copy or save it again")
+
+
 def read_checkpoint(path: str | os.PathLike) -> Any:
     """Either layout: ours as saved, the official one as {'net': state dict}. weights_only=True first; the
     restricted unpickler only for what that refuses, and only a file with 'net' passes it."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    _check_complete(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors differ across torch versions
