@@ -1,7 +1,8 @@
 """Where a study lives: its storage, opened once per process, and the helpers that keep it sound.
 
 By default a study is an Optuna journal file, `<sweep dir>/journal.log`, which several local processes
-append to safely (Optuna's file lock); any Optuna storage URL (sqlite:///..., postgresql://...) works too.
+append to safely (Optuna's file lock); any Optuna storage URL (sqlite:///..., postgresql+psycopg://...) works
+too, and PostgreSQL lets sweep processes on several machines share one study (study_lock).
 How a trial's job finds its trial in the study is the sweeper's (hydra_plugins/lighttrack_sweeper/jobs.py).
 """
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import random
 import socket
+import time
 import weakref
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -56,9 +59,35 @@ def open_storage(location: str) -> Any:
         raise StorageError(f"{type(e).__name__}: {text[0] if text else 'no message'}") from None
 
 
+# what a process that lost the race to create a new database's tables sees (PostgreSQL: IntegrityError on
+# `CREATE TYPE studydirection`, DuplicateTable, a duplicate version row; a deadlock between the creators)
+_CREATION_RACE = ("already exists", "duplicate key value", "deadlock detected")
+
+
+def _creation_race(error: BaseException) -> bool:
+    import sqlalchemy.exc
+
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, sqlalchemy.exc.DBAPIError) and any(m in str(error) for m in _CREATION_RACE):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 @functools.lru_cache(maxsize=16)
-def _url_storage(url: str) -> Any:
-    return optuna.storages.get_storage(url)
+def _url_storage(url: str, attempts: int = 10) -> Any:
+    """Optuna's storage at a URL. Opening an empty database creates Optuna's tables, types and version rows;
+    sweep processes started together race to do it and all but one fail: the loser's transaction was rolled back
+    whole, so it opens the storage again (after a random pause), and finds what the winner created."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return optuna.storages.get_storage(url)
+        except Exception as e:
+            if attempt == attempts or not _creation_race(e):
+                raise
+            time.sleep(random.uniform(0.05, 0.3) * attempt)
 
 
 @functools.lru_cache(maxsize=16)
@@ -80,16 +109,36 @@ def _journal_storage(path: str, device: int, inode: int) -> Any:
 
 
 @contextlib.contextmanager
-def local_lock(location: str) -> Iterator[None]:
-    """Serialises check-then-write steps (enqueueing, asking) between processes on one local journal;
-    a URL storage gets no lock (duplicates are then settled after the fact)."""
-    if is_url(location):
-        yield
-        return
-    from tracker.io import file_lock
+def study_lock(location: str) -> Iterator[None]:
+    """Serialises check-then-write steps (enqueueing, asking) between the sweep processes sharing a storage: a
+    lock file beside a journal; on PostgreSQL, an advisory lock the database holds for its connection (processes on
+    other machines wait for it too, and a process that dies frees it with its connection). Other URL storages get
+    no lock: the sweeper's rules settle what concurrent processes asked twice (duplicates, reference copies)."""
+    if not is_url(location):
+        from tracker.io import file_lock
 
-    with file_lock(location + ".sweeper.lock"):
+        with file_lock(location + ".sweeper.lock"):
+            yield
+    elif location.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres"):
+        with _lock_engine(location).connect() as connection:  # a connection of its own, closed (unlocked) on exit
+            connection.exec_driver_sql(f"SELECT pg_advisory_lock({_ADVISORY_KEY})")
+            yield
+    else:
         yield
+
+
+# one advisory lock per database (as one lock file per journal): an arbitrary fixed 63-bit number
+_ADVISORY_KEY = 0x4C54_5357_4545_50  # "LTSWEEP"
+
+
+@functools.lru_cache(maxsize=16)
+def _lock_engine(url: str) -> Any:
+    """Connections for study_lock: opened for each locked step and closed after it (no pool, so a lock never
+    outlives its step), outside any transaction (a server's idle-in-transaction timeout cannot end one)."""
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    return sqlalchemy.create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
 
 
 def trial_id(storage: Any, study_name: str, number: int) -> int:

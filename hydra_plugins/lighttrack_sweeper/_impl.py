@@ -30,8 +30,9 @@ from search.objectives import (ObjectiveError, non_dominated, objective_entries,
                                parse_objectives, returned_figures, scalar_metrics)
 from search.record import Stage, StudyAttr, TrialAttr, arch_key, reason_attr
 from search.space import Space, build_space, format_value, merge_overrides
-from search.study import StorageError, fail_orphans, local_lock, open_storage, owner_attrs, storage_location
-from tracker.config import config_differences, job_config, recipe_identity, without_settings_of_no_effect
+from search.study import StorageError, fail_orphans, open_storage, owner_attrs, storage_location, study_lock
+from tracker.config import (config_differences, job_config, recipe_identity, without_settings_of_no_effect,
+                            without_unused_int8_settings)
 from tracker.io import atomic_write_text, stable_hash
 from tracker.version import MODEL_VERSION
 
@@ -105,9 +106,11 @@ class Job:
     started: float = field(default_factory=time.perf_counter)
 
 
-def config_key(task_cfg: DictConfig) -> str:
-    """Identity of a trial's architecture and recipe: the resolved job config without Hydra's node."""
-    return stable_hash(OmegaConf.to_container(task_cfg, resolve=True, enum_to_str=True))
+def config_key(cfg: DictConfig) -> str:
+    """Identity of a trial's architecture and recipe: the resolved job config without what is no part of a trial
+    (NO_PART_OF_A_TRIAL) and without the INT8 settings while no INT8 model is scored."""
+    task = OmegaConf.to_container(job_config(cfg, drop=NO_PART_OF_A_TRIAL), resolve=True, enum_to_str=True)
+    return stable_hash(without_unused_int8_settings(task))
 
 
 def _without_settings_of_no_effect(recipe: dict) -> dict:
@@ -338,7 +341,7 @@ class SweeperImpl:
         storage = self._connect()
         fixed = self._compose(space.fixed)
         self._warn_if_never_pruned(space, fixed)
-        with local_lock(self.location):
+        with study_lock(self.location):
             study = self._open_study(space, storage, fixed)
             self._enqueue_references(study, space)
         log.info("study %r in %s: %d trial(s) so far; objectives %s; dimensions %s", self.study_name, self.location,
@@ -417,7 +420,7 @@ class SweeperImpl:
                     log.warning("stopping: the last %d candidates were all settled without training (over "
                                 "budget or duplicates); widen the space or the budget", settled_in_a_row)
                     break
-                with local_lock(self.location):
+                with study_lock(self.location):
                     if not room(study):
                         break
                     trial = study.ask()
@@ -534,7 +537,7 @@ class SweeperImpl:
         try:
             cfg = self._compose(overrides, trial.number)
             task = job_config(cfg)
-            key = config_key(job_config(cfg, drop=NO_PART_OF_A_TRIAL))
+            key = config_key(cfg)
             trial.set_user_attr(TrialAttr.SEED, OmegaConf.select(task, "trainer.seed", default=None))
             if "head" in task:
                 trial.set_user_attr(TrialAttr.HEAD, OmegaConf.to_container(task.head, resolve=True, enum_to_str=True))
@@ -553,7 +556,9 @@ class SweeperImpl:
                 self._tell(study, trial, params, role, TrialState.PRUNED, started,
                            reason=f"over budget before training: {over}")
                 return None
-        original = self._earlier(study, key, trial.number)
+        original = self._reference(study, role, trial.number) if role is not None and stage == Stage.SEARCH \
+            else None
+        original = original or self._earlier(study, key, trial.number)
         if original is not None:
             in_batch = next((j for j in batch if j.trial.number == original.number), None)
             if in_batch is not None:
@@ -575,12 +580,27 @@ class SweeperImpl:
 
     @staticmethod
     def _earlier(study: optuna.Study, key: str, number: int) -> Optional[FrozenTrial]:
-        """The earliest other trial with the same config that finished or is running (failed ones may rerun)."""
+        """The trial with the same config whose result this one takes instead of training: the earliest COMPLETE
+        one, else the earliest that was pruned or is RUNNING with a LOWER number. Asymmetric, so that two copies
+        asked at once by two processes never settle as duplicates of each other (the lower one trains); failed
+        trials may rerun, and a trial settled as a duplicate is nobody's original."""
         matches = [t for t in study.get_trials(deepcopy=False)
                    if t.number != number and t.user_attrs.get(TrialAttr.CONFIG_KEY) == key
-                   and t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)]
+                   and t.user_attrs.get(TrialAttr.DUPLICATE_OF) is None]
         complete = [t for t in matches if t.state == TrialState.COMPLETE]
-        return (complete or matches or [None])[0]
+        others = [t for t in matches if t.state == TrialState.PRUNED
+                  or (t.state == TrialState.RUNNING and t.number < number)]
+        return (complete or others or [None])[0]
+
+    @staticmethod
+    def _reference(study: optuna.Study, role: str, number: int) -> Optional[FrozenTrial]:
+        """The role's reference when trial `number` is a copy of it: processes starting together may each
+        enqueue the references, and the study decides which counts: the lowest-numbered trial of the role (its
+        search stage, not orphaned). Later copies take its result (or defer to it) without training."""
+        first = next((t for t in study.get_trials(deepcopy=False)
+                      if t.user_attrs.get(TrialAttr.ROLE) == role and not t.user_attrs.get(TrialAttr.ORPHANED)
+                      and t.user_attrs.get(TrialAttr.STAGE, Stage.SEARCH) == Stage.SEARCH), None)
+        return first if first is not None and first.number < number else None
 
     def _settle_duplicate(self, study: optuna.Study, trial: optuna.Trial, original: FrozenTrial,
                           started: float) -> None:
