@@ -26,6 +26,8 @@ def fake_task(cfg):
     (run_dir / "ran").write_text("trained")
     if os.environ.get("FAKE_FAIL") in ("all", head["activation"]):
         raise RuntimeError(f"fake failure for activation {head['activation']}")
+    if os.environ.get("FAKE_EXIT") == head["activation"]:
+        sys.exit(3)
     quality = 0.3 + 0.4 * head["channels"] / 128 + 0.05 * head["num_blocks"] / 6 + 0.001 * (cfg.trainer.seed % 7)
     reporter = epoch_reporter("val_iou")
     for epoch in (1, 2, 3):
@@ -201,12 +203,27 @@ def test_failed_trials_are_recorded_and_the_sweep_goes_on(tmp_path):
     assert "RuntimeError: fake failure for activation relu" in baseline.user_attrs["fail_reason"]
     assert "not finite" in user.user_attrs["fail_reason"]
     assert "fake failure" in (tmp_path / "s" / "trials" / "0" / "error.txt").read_text()
-    assert len(rest) == 2 and all(t.state == TrialState.COMPLETE for t in rest)
+    assert len(rest) == 4 and all(t.state == TrialState.COMPLETE for t in rest)  # failures do not use the budget
+    # a failed reference is asked again at the next start; a trial that calls sys.exit fails alone
+    ok(sweep(tmp_path / "s", "hydra.sweeper.max_trials=5", "head.activation=choice(silu,gelu)",
+             env={"FAKE_EXIT": "relu"}))
+    study = load(tmp_path / "s")
+    baselines = [t for t in study.trials if t.user_attrs.get("role") == "baseline"]
+    users = [t for t in study.trials if t.user_attrs.get("role") == "user_head"]
+    assert [t.state for t in baselines] == [TrialState.FAIL] * 2 and users[-1].state == TrialState.COMPLETE
+    assert baselines[-1].user_attrs["fail_reason"] == "SystemExit: the trial called sys.exit(3)"
+    # a reference that keeps failing stops the sweep, saying why, before anything runs
+    stopped = sweep(tmp_path / "s", "hydra.sweeper.max_trials=6", "head.activation=choice(silu,gelu)",
+                    "hydra.sweeper.max_failures=2")
+    assert stopped.returncode != 0 and "the baseline (head=repvgg) failed 2 times" in stopped.stderr + stopped.stdout
+    assert len(load(tmp_path / "s").trials) == len(study.trials)
 
 
 def test_wrong_number_of_values_is_a_failure_and_all_failed_exits_nonzero(tmp_path):
-    result = sweep(tmp_path / "s", "hydra.sweeper.max_trials=3", env={"FAKE_RETURN": "list"})
+    result = sweep(tmp_path / "s", "hydra.sweeper.max_trials=3", "hydra.sweeper.max_failures=3",
+                   env={"FAKE_RETURN": "list"})
     assert result.returncode != 0
+    assert "stopping: the last 3 trials failed (hydra.sweeper.max_failures=3)" in result.stdout + result.stderr
     assert "every trial this sweep ran failed" in result.stdout + result.stderr
     study = load(tmp_path / "s")
     assert len(study.trials) == 3 and all(t.state == TrialState.FAIL for t in study.trials)
@@ -424,11 +441,15 @@ def _orphan_of_a_dead_sweep(sweep_dir: Path, **attrs) -> int:
 
 def test_trials_left_running_by_a_dead_sweep_are_failed_on_resume(tmp_path):
     pid = _orphan_of_a_dead_sweep(tmp_path / "s")
-    ok(sweep(tmp_path / "s", "hydra.sweeper.max_trials=3"))  # the orphan counts: it was launched
+    ok(sweep(tmp_path / "s", "hydra.sweeper.max_trials=3"))  # the orphan failed: it uses none of the budget
     study = load(tmp_path / "s")
     assert study.trials[0].state == TrialState.FAIL
     assert study.trials[0].user_attrs["fail_reason"] == f"its sweep process (pid {pid}) died while it ran"
-    assert [t.state for t in study.trials[1:]] == [TrialState.COMPLETE] * 2
+    assert [t.state for t in study.trials[1:]] == [TrialState.COMPLETE] * 3
+    # the old rule, on request: failed trials count
+    ok(sweep(tmp_path / "c", "hydra.sweeper.max_trials=3", "hydra.sweeper.count_failed=true",
+             "hydra.sweeper.study_name=counted", env={"FAKE_FAIL": "relu"}))
+    assert [t.state for t in load(tmp_path / "c").trials] == [TrialState.FAIL] + [TrialState.COMPLETE] * 2
 
 
 def test_a_reference_whose_sweep_died_is_asked_again(tmp_path):
@@ -526,8 +547,9 @@ def test_a_storage_is_opened_once_per_process_and_a_recreated_journal_anew(tmp_p
     assert open_storage(url) is open_storage(url)
 
 
-def test_invalid_candidates_fail_before_training_and_count(tmp_path):
-    ok(sweep(tmp_path / "s", "head=choice(dsconv)", "head.kernel_size=choice(4)", "hydra.sweeper.max_trials=4"))
+def test_invalid_candidates_fail_before_training_and_a_broken_space_stops(tmp_path):
+    ok(sweep(tmp_path / "s", "head=choice(dsconv)", "head.kernel_size=choice(4)", "hydra.sweeper.max_trials=4",
+             "hydra.sweeper.max_failures=2"))
     study = load(tmp_path / "s")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2 + [TrialState.FAIL] * 2
     for t in study.trials[2:]:

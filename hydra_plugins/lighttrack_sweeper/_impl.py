@@ -81,6 +81,9 @@ class TimedTask:
             value = self.task_function(cfg)
         except optuna.TrialPruned as e:
             return Outcome(error=str(e) or "pruned", pruned=True, seconds=time.perf_counter() - start)
+        except SystemExit as e:  # a trial that exits ends itself, not the sweep (KeyboardInterrupt still stops it)
+            return Outcome(error=f"SystemExit: the trial called sys.exit({e.code!r})", traceback=traceback.format_exc(),
+                           seconds=time.perf_counter() - start)
         except Exception as e:  # a failed trial, recorded; the sweep goes on
             return Outcome(error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(),
                            seconds=time.perf_counter() - start)
@@ -158,8 +161,11 @@ class SweeperImpl:
     def __init__(self, sampler: Any, pruner: Any, study_name: str, storage: Optional[str], objectives: Any,
                  space: Any, n_trials: Optional[int], max_trials: Optional[int], n_jobs: Optional[int], seed: int,
                  cost: Any, budget: Any, enqueue: Any, max_settled: int = 200, trial: Optional[int] = None,
-                 confirm: Any = None, dry_run: bool = False, int8: bool = False) -> None:
+                 confirm: Any = None, dry_run: bool = False, int8: bool = False, count_failed: bool = False,
+                 max_failures: int = 5) -> None:
         self.dry_run, self.int8 = dry_run, int8
+        self.count_failed, self.max_failures = count_failed, max_failures
+        self.failed_in_a_row = 0
         self.sampler_cfg, self.pruner_cfg = sampler, pruner
         self.study_name, self.storage = study_name, storage
         try:
@@ -186,7 +192,7 @@ class SweeperImpl:
                     isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "max_trials" else 1)):
                 raise SweepConfigError(f"hydra.sweeper.confirm.{name}={value!r} is not allowed: "
                                        + ("null or an integer >= 0" if name == "max_trials" else "an integer >= 1"))
-        for name in ("n_trials", "max_trials", "n_jobs", "max_settled"):
+        for name in ("n_trials", "max_trials", "n_jobs", "max_settled", "max_failures"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise SweepConfigError(f"hydra.sweeper.{name}={value} is not allowed: null or an integer >= 1")
@@ -311,11 +317,22 @@ class SweeperImpl:
     def _enqueue_references(self, study: optuna.Study, space: Space) -> None:
         """Reference trials (the baseline, the user's head) go first, once per study; again if their sweep process
         died under them (a killed `make sweep` must not leave its study without a baseline)."""
-        roles = {t.user_attrs.get(TrialAttr.ROLE) for t in study.get_trials(deepcopy=False)
-                 if not t.user_attrs.get(TrialAttr.ORPHANED)}
+        trials = study.get_trials(deepcopy=False)
+        roles = {t.user_attrs.get(TrialAttr.ROLE) for t in trials
+                 if not t.user_attrs.get(TrialAttr.ORPHANED) and t.state != TrialState.FAIL}
         for role, overrides in self.enqueue.items():
             if role in roles:
                 continue
+            failed = [t for t in trials if t.user_attrs.get(TrialAttr.ROLE) == role and t.state == TrialState.FAIL
+                      and not t.user_attrs.get(TrialAttr.ORPHANED)]
+            if len(failed) >= self.max_failures:
+                raise SweepConfigError(
+                    f"the {role} ({' '.join(overrides)}) failed {len(failed)} times (hydra.sweeper.max_failures="
+                    f"{self.max_failures}), last: {failed[-1].user_attrs.get(TrialAttr.FAIL_REASON)}. Every "
+                    f"candidate is compared with it: fix what fails, or drop it from hydra.sweeper.enqueue")
+            if failed:  # a reference that failed (an interrupted run, a transient error) is asked again
+                log.warning("the %s failed before (%s): asking it again", role,
+                            failed[-1].user_attrs.get(TrialAttr.FAIL_REASON))
             cfg = self._compose(merge_overrides(space.fixed, overrides))
             choices = cfg.hydra.runtime.choices
 
@@ -420,6 +437,10 @@ class SweeperImpl:
                     log.warning("stopping: the last %d candidates were all settled without training (over "
                                 "budget or duplicates); widen the space or the budget", settled_in_a_row)
                     break
+                if self.failed_in_a_row >= self.max_failures:
+                    log.error("stopping: the last %d trials failed (hydra.sweeper.max_failures=%d); their reasons are "
+                              "in the study and each trial's error.txt", self.failed_in_a_row, self.max_failures)
+                    break
                 with study_lock(self.location):
                     if not room(study):
                         break
@@ -449,8 +470,9 @@ class SweeperImpl:
         if self.max_trials is None:
             return True
         counted = [t for t in study.get_trials(deepcopy=False, states=FINISHED + (TrialState.RUNNING,))
-                   if (t.user_attrs.get(TrialAttr.TRAINED) or t.state == TrialState.FAIL)
-                   and t.user_attrs.get(TrialAttr.STAGE) != Stage.CONFIRM]
+                   if t.user_attrs.get(TrialAttr.STAGE) != Stage.CONFIRM
+                   and (t.state == TrialState.FAIL and self.count_failed
+                        or t.state != TrialState.FAIL and t.user_attrs.get(TrialAttr.TRAINED))]
         if len(counted) >= self.max_trials and not self.launched:
             log.info("the study's search is at its budget (%d trained, hydra.sweeper.max_trials=%d): raise "
                      "hydra.sweeper.max_trials to search more", len(counted), self.max_trials)
@@ -596,9 +618,11 @@ class SweeperImpl:
     def _reference(study: optuna.Study, role: str, number: int) -> Optional[FrozenTrial]:
         """The role's reference when trial `number` is a copy of it: processes starting together may each
         enqueue the references, and the study decides which counts: the lowest-numbered trial of the role (its
-        search stage, not orphaned). Later copies take its result (or defer to it) without training."""
+        search stage, neither failed nor orphaned nor itself a copy). Later copies take its result (or defer to it)
+        without training; a reference that failed is asked again and the new trial is the reference."""
         first = next((t for t in study.get_trials(deepcopy=False)
                       if t.user_attrs.get(TrialAttr.ROLE) == role and not t.user_attrs.get(TrialAttr.ORPHANED)
+                      and t.state != TrialState.FAIL and t.user_attrs.get(TrialAttr.DUPLICATE_OF) is None
                       and t.user_attrs.get(TrialAttr.STAGE, Stage.SEARCH) == Stage.SEARCH), None)
         return first if first is not None and first.number < number else None
 
@@ -682,6 +706,8 @@ class SweeperImpl:
         study.tell(trial, values=list(values) if state == TrialState.COMPLETE else None, state=state,
                    skip_if_finished=True)
         self.states[state.name] += 1
+        if trial.user_attrs.get(TrialAttr.TRAINED) or state == TrialState.FAIL:
+            self.failed_in_a_row = self.failed_in_a_row + 1 if state == TrialState.FAIL else 0
         shown = " ".join(f"{k}={format_value(v)}" for k, v in params.items()) or "(no parameters)"
         if role:
             shown = f"[{role}] " + " ".join(trial.user_attrs.get(TrialAttr.OVERRIDES, []))

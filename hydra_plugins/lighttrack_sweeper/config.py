@@ -119,11 +119,16 @@ class LightTrackSweeperConf:
     objectives: List[Any] = field(default_factory=_default_objectives)
     # dimensions by override key (conf/search/*.yaml lands here); command-line sweeps replace or extend them
     space: Dict[str, Any] = field(default_factory=dict)
-    # trials count when they train or fail (enqueued references included); those settled by their cost (over
-    # budget) or as duplicates cost milliseconds and do not count
+    # trials count when they train (enqueued references included); those settled by their cost (over budget) or as
+    # duplicates cost milliseconds and do not count; failed ones only with count_failed
     n_trials: Optional[int] = None  # trials this process trains
     max_trials: Optional[int] = None  # trained (or failed) trials in the study at which every process stops
     max_settled: int = 200  # stop after this many candidates in a row were settled without training
+    # failed trials (an exception, a NaN, an interrupted or killed run) do not count against max_trials unless
+    # count_failed; a sweep stops after max_failures failures in a row, and a reference that failed that often
+    # (it is asked again at each start until it completes) stops the sweep with its reason
+    count_failed: bool = False
+    max_failures: int = 5
     n_jobs: Optional[int] = None  # trials per launched batch; null: the launcher's n_jobs (1 for basic)
     seed: int = 0
     # a callable(job config) -> cost figures, run before training (rejects bad configs, feeds budget and dedup)
