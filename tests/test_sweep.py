@@ -28,6 +28,10 @@ def fake_task(cfg):
         raise RuntimeError(f"fake failure for activation {head['activation']}")
     if os.environ.get("FAKE_EXIT") == head["activation"]:
         sys.exit(3)
+    if os.environ.get("FAKE_KILL") == head["activation"]:  # as the OS kills a process out of memory
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
     quality = 0.3 + 0.4 * head["channels"] / 128 + 0.05 * head["num_blocks"] / 6 + 0.001 * (cfg.trainer.seed % 7)
     reporter = epoch_reporter("val_iou")
     for epoch in (1, 2, 3):
@@ -727,3 +731,13 @@ def test_the_activation_int8_preset_runs_every_head_with_every_activation_and_th
     assert len(seeds) == 6 and all(len(s) == 3 for s in seeds.values())  # every architecture, not only the front
     assert all("evaluation.quantize=int8" in t.user_attrs["overrides"] for t in done)  # hydra.sweeper.int8
     assert {round(t.values[1], 2) for t in done} == {0.01, 0.03, 0.05}  # objectives: auc, int8_auc_drop
+
+
+def test_a_trial_killed_by_the_os_fails_its_batch_not_the_sweep_under_joblib(tmp_path):
+    result = sweep(tmp_path / "s", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.max_trials=3",
+                   "head.activation=choice(silu,gelu)", env={"FAKE_KILL": "relu"})
+    ok(result)
+    study = load(tmp_path / "s")
+    baseline = study.trials[0]
+    assert baseline.state == TrialState.FAIL and "TerminatedWorkerError" in baseline.user_attrs["fail_reason"]
+    assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 3  # the search went on
