@@ -20,8 +20,9 @@ $(DEV_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(DEV_STAMP)
 
+# one pytest worker per core, each test file on one worker (its module fixtures, such as generated data, built once)
 test: $(DEV_STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 # the CPU preset: the two reference heads + 12 searched trials on the embedded synthetic data, then the front and
 # the references confirmed with 3 seeds each (resumes if rerun), then the report in runs/sweeps/synthetic_cpu/report/

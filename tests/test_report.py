@@ -91,6 +91,9 @@ def _fake_study(tmp_path: Path, seeds: int = 1, objectives: Optional[list] = Non
                        "head_latency_ms": 0.05 + macs / 1e8 + (0.5 if "dsconv" in overrides[0] else 0.0),
                        "latency_runtime": "torch", "latency_device": "test cpu", "latency_threads": 1}
             metrics["frame_latency_ms"] = 2.0 + metrics["head_latency_ms"]
+            reference_head = 0.05 + 118_886_400 / 1e8  # the baseline's, timed in the same rounds
+            metrics.update(head_latency_ratio=metrics["head_latency_ms"] / reference_head,
+                           frame_latency_ratio=metrics["frame_latency_ms"] / (2.0 + reference_head))
             if int8_auc is not None:
                 metrics.update(int8_auc=int8_auc, int8_auc_drop=value - int8_auc, int8_scope="model",
                                int8_frame_latency_ms=1.0, onnx_frame_latency_ms=2.0)
@@ -142,6 +145,7 @@ def test_report_from_a_study(tmp_path):
     assert "e+0" not in summary  # counts read 118.9 M, not 1.19e+08
     # measured latency: where MACs mislead, and the most a head can save
     assert "## MACs against measured latency" in summary and "torch on test cpu, 1 thread(s)" in summary
+    assert "compared by their time over the reference head's, timed in the same rounds" in summary
     assert "Kendall's tau between head MACs and head latency" in summary
     assert "Fewer MACs but a slower head: `dsconv" in summary
     share = 100 * (0.05 + 118_886_400 / 1e8) / (2.05 + 118_886_400 / 1e8)

@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 ACCURACY = "auc"  # the figure the intervals and verdicts are about (per-sequence AUC is what evaluation writes)
 # trial figures averaged per architecture (those present), besides the study's objectives
 SHOWN = ("auc", "op50", "precision", "ao", "static_auc", "head_macs", "head_params", "head_params_deploy",
-         "model_macs", "head_latency_ms", "frame_latency_ms", "head_latency_share", "frame_latency_ratio",
+         "model_macs", "head_latency_ms", "frame_latency_ms", "head_latency_share", "head_latency_ratio",
+         "frame_latency_ratio",
          "model_latency_ms", "int8_auc", "int8_auc_drop", "int8_frame_latency_ms", "onnx_frame_latency_ms", "fps")
 
 

@@ -207,7 +207,9 @@ def transfer_words(scores: pd.DataFrame, info: dict, tracks_by: float = 10.0) ->
 def latency_words(facts: dict[str, Any]) -> str:
     """What the latency measurements say about MACs as a cost, plainly, with the limit a head can move."""
     where = f"{facts['runtime']} on {facts['device']}, {facts['threads']} thread(s), batch 1, median"
-    text = [f"Latency was measured before training on {where} ({facts['architectures']} architectures)."]
+    text = [f"Latency was measured before training on {where} ({facts['architectures']} architectures)"
+            + ("; heads are compared by their time over the reference head's, timed in the same rounds (robust to "
+               "a shared machine's load)." if facts.get("relative") else ".")]
     if facts.get("mixed"):
         text.append("**Warning:** the trials were timed on more than one runtime, machine or thread count; "
                     "their latencies do not compare.")

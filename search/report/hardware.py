@@ -27,8 +27,14 @@ def latency_facts(table: pd.DataFrame, frame: pd.DataFrame) -> Optional[dict[str
     facts: dict[str, Any] = {k: ", ".join(map(str, v)) or "?" for k, v in where.items()}
     facts["mixed"] = any(len(v) > 1 for v in where.values())
     facts["architectures"] = len(timed)
-    facts["tau_head"], facts["p_head"] = kendall_tau(timed["head_macs"], timed["head_latency_ms"])
-    facts["tau_frame"], facts["p_frame"] = kendall_tau(timed["head_macs"], timed["frame_latency_ms"])
+    # candidates timed at different moments of a shared machine compare by their ratio to the reference timed in
+    # the same rounds (tracker.latency); absolute medians only when no ratio was recorded
+    relative = all(c in timed and timed[c].notna().all() for c in ("head_latency_ratio", "frame_latency_ratio"))
+    facts["relative"] = relative
+    facts["head_measure"] = "head_latency_ratio" if relative else "head_latency_ms"
+    facts["frame_measure"] = "frame_latency_ratio" if relative else "frame_latency_ms"
+    facts["tau_head"], facts["p_head"] = kendall_tau(timed["head_macs"], timed[facts["head_measure"]])
+    facts["tau_frame"], facts["p_frame"] = kendall_tau(timed["head_macs"], timed[facts["frame_measure"]])
     base = timed[timed["role"] == Role.BASELINE]
     facts["baseline_mac_share"] = facts["baseline_time_share"] = np.nan
     if not base.empty:
@@ -36,16 +42,16 @@ def latency_facts(table: pd.DataFrame, frame: pd.DataFrame) -> Optional[dict[str
         if "model_macs" in b and b["model_macs"]:
             facts["baseline_mac_share"] = float(b["head_macs"] / b["model_macs"])
         facts["baseline_time_share"] = float(b["head_latency_ms"] / b["frame_latency_ms"])
-        fastest = timed.loc[timed["frame_latency_ms"].idxmin()]
-        facts["fastest"], facts["fastest_speedup"] = fastest["label"], float(b["frame_latency_ms"]
-                                                                             / fastest["frame_latency_ms"])
-    facts["discordant"] = discordant_pairs(timed)
+        measure = facts["frame_measure"]
+        fastest = timed.loc[timed[measure].idxmin()]
+        facts["fastest"], facts["fastest_speedup"] = fastest["label"], float(b[measure] / fastest[measure])
+    facts["discordant"] = discordant_pairs(timed, facts["head_measure"])
     return facts
 
 
-def discordant_pairs(table: pd.DataFrame, shown: int = 3) -> list[tuple[str, str]]:
+def discordant_pairs(table: pd.DataFrame, measure: str = "head_latency_ms", shown: int = 3) -> list[tuple[str, str]]:
     """Pairs of architectures where fewer MACs came with a longer head time, the largest time gaps first."""
-    rows = table[["label", "head_macs", "head_latency_ms"]].to_numpy()
+    rows = table[["label", "head_macs", measure]].to_numpy()
     pairs = []
     for i in range(len(rows)):
         for j in range(len(rows)):

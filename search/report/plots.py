@@ -70,20 +70,23 @@ def plot_macs_latency(table: pd.DataFrame, facts: dict[str, Any]) -> Figure:
     leave a rising line, MACs mislead about speed on this runtime."""
     fig = Figure(figsize=(6.4, 4.4))
     ax = fig.subplots()
-    timed = table[table["head_latency_ms"].notna()]
-    ax.scatter(timed["head_macs"], timed["head_latency_ms"], c="tab:blue", s=20, label="architectures")
+    measure = facts.get("head_measure", "head_latency_ms")
+    timed = table[table[measure].notna()]
+    ax.scatter(timed["head_macs"], timed[measure], c="tab:blue", s=20, label="architectures")
     for role, marker, colour, label in ((Role.BASELINE, "s", "tab:red", "RepVGG baseline"),
                                         (Role.USER_HEAD, "D", "tab:green", "user's DSConv head")):
         rows = timed[timed["role"] == role]
         if not rows.empty:
-            ax.scatter(rows["head_macs"], rows["head_latency_ms"], marker=marker, s=80, facecolors="none",
+            ax.scatter(rows["head_macs"], rows[measure], marker=marker, s=80, facecolors="none",
                        edgecolors=colour, linewidths=2, label=label, zorder=5)
     ax.set_xscale("log")
     ax.set_yscale("log")
     tau = facts.get("tau_head")
     rank = f"Kendall's tau {tau:.2f} (p {facts['p_head']:.3f})" if tau is not None and math.isfinite(tau) else \
         "too few architectures for a rank correlation"
-    ax.set(xlabel=COST_LABELS["head_macs"], ylabel="head latency, ms (median, log)",
+    ylabel = ("head time / reference head's, same rounds (log)" if measure == "head_latency_ratio"
+              else "head latency, ms (median, log)")
+    ax.set(xlabel=COST_LABELS["head_macs"], ylabel=ylabel,
            title=f"Head MACs against measured latency: {rank}\n{facts['runtime']} on {facts['device']}, "
                  f"{facts['threads']} thread(s)")
     ax.title.set_fontsize(9)
