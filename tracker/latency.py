@@ -23,6 +23,7 @@ import platform
 import statistics
 import tempfile
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -174,7 +175,9 @@ def _runners(model: nn.Module, runtime: str, device: torch.device, threads: int,
         x = _inputs(deployed, torch.device("cpu"))
         template = tracker.encode_template(x["template_image"], x["template_mask"])
         head_in = _head_input(deployed, torch.device("cpu"))
-        _export(deployed.head, (head_in,), workdir / "head.onnx", ["features"], ["corners"], 17)
+        with warnings.catch_warnings():  # the head's `return_maps` is a Python constant (False) when traced
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            _export(deployed.head, (head_in,), workdir / "head.onnx", ["features"], ["corners"], 17)
         session = ort.InferenceSession(str(workdir / "head.onnx"), session_options(threads),
                                        providers=tracker.providers)
         feed = {"features": head_in.numpy()}
