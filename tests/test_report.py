@@ -376,7 +376,7 @@ def test_a_plain_grid_over_seeds_is_read_as_repeats(tmp_path):
             (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"head={head}", f"trainer.seed={seed}"]))
             OmegaConf.save(compose("train", [f"head={head}", *TINY, f"trainer.seed={seed}"]), run_dir / "config.yaml",
                            resolve=True)
-            value = _write_sequence_scores(run_dir, auc + rng.normal(0, 0.3), rng)
+            value, _ = _write_sequence_scores(run_dir, auc + rng.normal(0, 0.3), rng)
             (run_dir / "metrics.json").write_text(json.dumps({"auc": value, "head_macs": macs, "static_auc": 15.0,
                                                               "head_params_deploy": params}))
             job += 1
