@@ -741,3 +741,12 @@ def test_a_trial_killed_by_the_os_fails_its_batch_not_the_sweep_under_joblib(tmp
     baseline = study.trials[0]
     assert baseline.state == TrialState.FAIL and "TerminatedWorkerError" in baseline.user_attrs["fail_reason"]
     assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 3  # the search went on
+
+
+def test_the_same_study_name_in_another_storage_does_not_take_over_its_trial_folders(tmp_path):
+    ok(sweep(tmp_path / "s", "hydra.sweeper.max_trials=2"))
+    other = sweep(tmp_path / "s", "hydra.sweeper.max_trials=2", f"hydra.sweeper.storage=sqlite:///{tmp_path / 'x.db'}")
+    assert other.returncode != 0
+    assert f"{tmp_path / 's'} holds the trials of study 'synthetic_tiny' in {tmp_path / 's' / 'journal.log'}" in \
+        other.stderr + other.stdout
+    assert not (tmp_path / "x.db").exists() or len(load(tmp_path / "s").trials) == 2

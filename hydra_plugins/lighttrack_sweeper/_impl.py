@@ -6,6 +6,7 @@ that trial's result. The rest are launched; what each job returns is checked aga
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -47,6 +48,19 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 # what trains or how it scores
 NO_PART_OF_A_TRIAL = ("hydra", "paths", "logger", "latency")
 INT8_OVERRIDE = "evaluation.quantize=int8"  # hydra.sweeper.int8=true adds it to every trial
+STORAGE_RECORD = "storage.json"  # in a sweep directory: the study and storage its trial folders belong to
+
+
+def _shown(location: str) -> str:
+    """A storage location fit to print and store: a URL's password hidden."""
+    if "://" not in location:
+        return location
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(location).render_as_string(hide_password=True)
+    except Exception:
+        return location.split("://", 1)[0] + "://..."
 
 
 class SweepConfigError(ValueError, CompactHydraException):
@@ -236,6 +250,21 @@ class SweeperImpl:
                 "file in hydra.sweep.dir), a writable file path, or an Optuna storage URL such as "
                 "sqlite:////absolute/path.db") from None
 
+    def _claim(self, sweep_dir: Path) -> None:
+        """A sweep directory holds the trial folders of one study in one storage: the same study name in another
+        storage would resume into (and overwrite) the first one's folders and report, so it is refused."""
+        owner = sweep_dir / STORAGE_RECORD
+        mine = {"study": self.study_name, "storage": stable_hash(self.location), "shown": _shown(self.location)}
+        if owner.is_file():
+            theirs = json.loads(owner.read_text())
+            if theirs.get("storage") != mine["storage"]:
+                raise SweepConfigError(
+                    f"{sweep_dir} holds the trials of study {theirs.get('study')!r} in {theirs.get('shown')}; this "
+                    f"sweep's study is in {mine['shown']}, and its trials would overwrite those. Set "
+                    "hydra.sweep.dir=<another folder> (or hydra.sweeper.study_name=<another name>)")
+            return
+        atomic_write_text(owner, json.dumps(mine, indent=2))
+
     def _warn_if_never_pruned(self, space: Space, fixed: DictConfig) -> None:
         """A pruner acts on the values a trial reports each epoch; tracker.train reports them at some
         fidelities only, so at the others the pruner silently never prunes (the task may still report, so
@@ -354,8 +383,9 @@ class SweeperImpl:
             self._dry_run(space)
             return []
         sweep_dir = Path(self.config.hydra.sweep.dir)
-        atomic_write_text(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(self.config))
         storage = self._connect()
+        self._claim(sweep_dir)
+        atomic_write_text(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(self.config))
         fixed = self._compose(space.fixed)
         self._warn_if_never_pruned(space, fixed)
         with study_lock(self.location):
