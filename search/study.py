@@ -108,6 +108,11 @@ def _journal_storage(path: str, device: int, inode: int) -> Any:
     return storage
 
 
+def is_lockable(location: str) -> bool:
+    """Whether `study_lock` serialises the sweep processes of this storage (a journal file, PostgreSQL)."""
+    return not is_url(location) or location.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres")
+
+
 @contextlib.contextmanager
 def study_lock(location: str) -> Iterator[None]:
     """Serialises check-then-write steps (enqueueing, asking) between the sweep processes sharing a storage: a
@@ -159,15 +164,21 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def fail_orphans(study: optuna.Study, storage: Any) -> list[int]:
-    """RUNNING trials whose sweep process (on this host) is gone are failed with that reason."""
+def fail_orphans(study: optuna.Study, storage: Any, unowned: bool = False) -> list[int]:
+    """RUNNING trials whose sweep process (on this host) is gone are failed with that reason. With `unowned` (the
+    caller holds `study_lock`, under which every sweep process asks a trial and records itself as its owner in one
+    step), a RUNNING trial with no owner was asked by a process that died in between: failed too."""
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid, host = t.user_attrs.get(TrialAttr.PID), t.user_attrs.get(TrialAttr.HOST)
+        reason = None
         if host == socket.gethostname() and isinstance(pid, int) and pid != os.getpid() and not _alive(pid):
+            reason = f"its sweep process (pid {pid}) died while it ran"
+        elif unowned and host is None:
+            reason = "its sweep process died between asking it and recording itself as its owner"
+        if reason is not None:
             number = trial_id(storage, study.study_name, t.number)
-            storage.set_trial_user_attr(number, TrialAttr.FAIL_REASON,
-                                        f"its sweep process (pid {pid}) died while it ran")
+            storage.set_trial_user_attr(number, TrialAttr.FAIL_REASON, reason)
             storage.set_trial_user_attr(number, TrialAttr.ORPHANED, True)
             study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
             failed.append(t.number)

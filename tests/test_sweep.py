@@ -750,3 +750,18 @@ def test_the_same_study_name_in_another_storage_does_not_take_over_its_trial_fol
     assert f"{tmp_path / 's'} holds the trials of study 'synthetic_tiny' in {tmp_path / 's' / 'journal.log'}" in \
         other.stderr + other.stdout
     assert not (tmp_path / "x.db").exists() or len(load(tmp_path / "s").trials) == 2
+
+
+def test_a_trial_asked_by_a_process_that_died_before_owning_it_is_failed_under_the_lock(tmp_path):
+    from search.study import fail_orphans, is_lockable
+
+    location = str(tmp_path / "journal.log")
+    storage = open_storage(location)
+    study = optuna.create_study(study_name="s", storage=storage)
+    study.ask()  # killed right after: no host, no pid recorded
+    assert fail_orphans(study, storage) == [] and study.trials[0].state == TrialState.RUNNING
+    assert is_lockable(location) and is_lockable("postgresql+psycopg://u@h/db") and not is_lockable("sqlite:///x.db")
+    assert fail_orphans(study, storage, unowned=True) == [0]  # under study_lock nobody else is between the two
+    trial = optuna.load_study(study_name="s", storage=storage).trials[0]
+    assert trial.state == TrialState.FAIL and trial.user_attrs["orphaned"] is True
+    assert "died between asking it and recording itself as its owner" in trial.user_attrs["fail_reason"]

@@ -31,7 +31,8 @@ from search.objectives import (ObjectiveError, non_dominated, objective_entries,
                                parse_objectives, returned_figures, scalar_metrics)
 from search.record import Stage, StudyAttr, TrialAttr, arch_key, reason_attr
 from search.space import Space, build_space, format_value, merge_overrides
-from search.study import StorageError, fail_orphans, open_storage, owner_attrs, storage_location, study_lock
+from search.study import (StorageError, fail_orphans, is_lockable, open_storage, owner_attrs, storage_location,
+                          study_lock)
 from tracker.config import (config_differences, job_config, recipe_identity, without_settings_of_no_effect,
                             without_unused_int8_settings)
 from tracker.io import atomic_write_text, stable_hash
@@ -322,7 +323,7 @@ class SweeperImpl:
             study.sampler = AskTellGridSampler(space.grid(), seed=seed)
         else:
             study.sampler = instantiate(self.sampler_cfg, seed=seed)
-        orphans = fail_orphans(study, storage)
+        orphans = fail_orphans(study, storage, unowned=is_lockable(self.location))  # under study_lock
         if orphans:
             log.warning("trials %s were RUNNING in a sweep process that died: marked FAIL", orphans)
         return study
