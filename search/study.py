@@ -108,9 +108,13 @@ def _journal_storage(path: str, device: int, inode: int) -> Any:
     return storage
 
 
+def _is_postgres(location: str) -> bool:
+    return is_url(location) and location.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres")
+
+
 def is_lockable(location: str) -> bool:
     """Whether `study_lock` serialises the sweep processes of this storage (a journal file, PostgreSQL)."""
-    return not is_url(location) or location.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres")
+    return not is_url(location) or _is_postgres(location)
 
 
 @contextlib.contextmanager
@@ -124,7 +128,7 @@ def study_lock(location: str) -> Iterator[None]:
 
         with file_lock(location + ".sweeper.lock"):
             yield
-    elif location.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres"):
+    elif _is_postgres(location):
         with _lock_engine(location).connect() as connection:  # a connection of its own, closed (unlocked) on exit
             connection.exec_driver_sql(f"SELECT pg_advisory_lock({_ADVISORY_KEY})")
             yield

@@ -25,7 +25,7 @@ from .io import atomic_write_text
 def _main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from .profile import resolve_device
+    from .latency import resolve_device
 
     from .config import QUANTIZE_MODES, QUANTIZE_SCOPES, not_allowed, validate
 

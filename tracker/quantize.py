@@ -119,11 +119,11 @@ def calibration_pairs(data: Any, template_size: int, search_size: int, count: in
                       seed: int = CALIBRATION_SEED) -> Iterator[dict[str, torch.Tensor]]:
     """`count` processed training pairs (template, template_mask, search, search_mask; batch 1) from `data`'s
     TRAIN split (its `sources`, else `train_split`), drawn as training draws them, at the model's sizes. Lazy and
-    deterministic: pair i is the same on every call."""
+    deterministic: pair i is the same on every call (one call per calibrated graph: `quantize_model` checks the
+    data once, before them)."""
     from .data.config import build_pair_dataset, to_data_conf, with_crops
 
     conf = with_crops(to_data_conf(data), template_size, search_size)
-    check_calibration_data(conf)
     dataset = build_pair_dataset(conf, pairs_per_epoch=count, seed=seed)
     for index in range(count):
         pair = dataset[index]
@@ -203,8 +203,9 @@ def quantize_graphs(fp32_dir: str | Path, out_dir: str | Path, pairs: Callable[[
     counts, paths = {}, {}
     for graph, file in GRAPH_FILES.items():
         source, paths[graph] = fp32_dir / file, out_dir / file
-        names = [n.name for n in onnx.load(str(source)).graph.node]
-        chosen = [n for n in names if HEAD_NODE.match(n)] if scope == "head" else None
+        graph_model = onnx.load(str(source))
+        names = [n.name for n in graph_model.graph.node]
+        chosen = head_nodes(graph_model) if scope == "head" else None
         if chosen == []:  # scope=head: the template graph has no head node, so it stays FP32, as exported
             with atomic_path(paths[graph]) as tmp:
                 shutil.copyfile(source, tmp)

@@ -518,7 +518,8 @@ class SweeperImpl:
 
     def _plan_confirmation(self, study: optuna.Study) -> list[int]:
         """Enqueues, for the `confirm.front` most accurate non-dominated architectures (on their means over
-        seeds; every architecture with `confirm.every`) and the references, the seeds they lack to reach `confirm.seeds`, within `confirm.max_trials`.
+        seeds; every architecture with `confirm.every`) and the references, the seeds they lack to reach
+        `confirm.seeds`, within `confirm.max_trials`.
         A seed counts once it is complete, running, waiting or failed (a failed repeat is not retried, unless its
         sweep process died under it)."""
         trials = study.get_trials(deepcopy=False)

@@ -17,17 +17,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pandas as pd
 
 from search.record import Role, study_objectives
 from tracker.io import atomic_write_text as atomic_write
 
-from .analysis import add_uncertainty, architectures, choose_best, compare_to_baseline, pareto_mask
+from .analysis import add_uncertainty, architectures, choose_best, compare_to_baseline, completed, pareto_mask
 from .config import ReportConf, ReportError
 from .export import arch_frame, best_files, summary_markdown, trial_frame
-from .load import confirm_seeds, frame_to_study, grid_frame, load_frame, study_frame
+from .load import confirm_seeds, frame_to_study, grid_frame, load_frame, sequence_tables, study_frame, tracker_scores
 from .hardware import int8_uncertainty, latency_facts
 from .plots import optuna_plots, plot_front, plot_macs_latency, save_figure
 from .stats import BootstrapConf, Verdict
@@ -38,22 +38,26 @@ __all__ = ["ReportConf", "ReportError", "Verdict", "add_uncertainty", "analyse",
            "pareto_mask", "plot_front", "study_frame"]
 
 
-def analyse(frame: pd.DataFrame, study: Any, conf: ReportConf) -> pd.DataFrame:
-    """Architectures with their intervals, front membership and verdicts (what every output is drawn from)."""
+def analyse(frame: pd.DataFrame, study: Any, conf: ReportConf,
+            tables: Optional[dict[int, pd.DataFrame]] = None) -> pd.DataFrame:
+    """Architectures with their intervals, front membership and verdicts (what every output is drawn from).
+    `tables`: the trials' per-sequence tables (load.sequence_tables), when the caller has read them."""
     try:
         objectives = study_objectives(study)
     except ValueError as e:
         raise ReportError(str(e)) from None
     table = architectures(frame, objectives)
-    table = add_uncertainty(table, frame, BootstrapConf(conf.resamples, conf.confidence))
+    scores = None if tables is None else tracker_scores(tables)
+    table = add_uncertainty(table, frame, BootstrapConf(conf.resamples, conf.confidence), scores=scores)
     table["pareto"] = pareto_mask(table)
     return compare_to_baseline(table, margin=conf.margin)
 
 
 def build_report(conf: ReportConf, runs_root: Path, progress: bool = True) -> dict[str, Any]:
     frame, study, out = load_frame(conf, runs_root)
-    table = analyse(frame, study, conf)
-    table, activations = int8_uncertainty(table, frame, BootstrapConf(conf.resamples, conf.confidence))
+    tables = sequence_tables(completed(frame))  # every trial's per-sequence scores, read once
+    table = analyse(frame, study, conf, tables)
+    table, activations = int8_uncertainty(table, frame, BootstrapConf(conf.resamples, conf.confidence), tables)
     objectives = table.attrs["objectives"]
     min_seeds = conf.min_seeds or confirm_seeds(study)
     out.mkdir(parents=True, exist_ok=True)

@@ -70,13 +70,15 @@ def _per_trial_arrays(done: pd.DataFrame, scores: dict[int, pd.Series], common: 
     return {a: np.stack([scores[int(t)].loc[common].to_numpy(float) for t in trials]) for a, trials in groups.items()}
 
 
-def int8_uncertainty(table: pd.DataFrame, frame: pd.DataFrame, conf: Any) -> tuple[pd.DataFrame, Optional[pd.DataFrame]]:
+def int8_uncertainty(table: pd.DataFrame, frame: pd.DataFrame, conf: Any,
+                     tables: Optional[dict[int, pd.DataFrame]] = None) -> tuple[pd.DataFrame, Optional[pd.DataFrame]]:
     """INT8 accuracy with intervals, from each trial's per-sequence scores of its FP32 (`model`) and INT8 (`int8`)
     trackers on the same sequences: `int8_auc_*` and `int8_auc_drop_*` (FP32 minus INT8, paired by sequence and
     seed) by the report's bootstrap. And, for heads run with several activations, each activation's drop against
     ReLU's on the same head (the ReLU6 question: a difference of drops, its interval and the share of resamples
     in which it quantises better). Returns the table with the columns (unchanged without INT8 trials) and that
-    comparison (None without one)."""
+    comparison (None without one). `tables`: the trials' per-sequence tables (load.sequence_tables) when the
+    caller has read them."""
     from .analysis import completed
     from .load import sequence_tables, tracker_scores
     from .stats import bootstrap_table
@@ -85,14 +87,14 @@ def int8_uncertainty(table: pd.DataFrame, frame: pd.DataFrame, conf: Any) -> tup
         return table, None
     done = completed(frame)
     done = done[done["arch"].isin(table["arch"]) & done["int8_auc"].notna()]
-    tables = sequence_tables(done)
+    tables = sequence_tables(done) if tables is None else tables
     fp32, int8 = tracker_scores(tables, "model"), tracker_scores(tables, "int8")
     done = done[done["trial"].astype(int).isin(set(fp32) & set(int8))]
     if done.empty:
         return table, None
     common = sorted(set.intersection(*(set(fp32[int(t)].index) & set(int8[int(t)].index) for t in done["trial"])))
-    quantised = _per_trial_arrays(done, int8, common)
-    drops = {a: _per_trial_arrays(done, fp32, common)[a] - quantised[a] for a in quantised}
+    quantised, full = _per_trial_arrays(done, int8, common), _per_trial_arrays(done, fp32, common)
+    drops = {a: full[a] - quantised[a] for a in quantised}
     rows = []
     for name, arrays in (("int8_auc", quantised), ("int8_auc_drop", drops)):
         stats = bootstrap_table(arrays, None, conf)[["auc_mean", "auc_ci_low", "auc_ci_high"]]

@@ -76,7 +76,7 @@ def evaluate_model(model: StarkLightning, cfg: DictConfig, out_dir: str | Path, 
 def training_data(cfg: Any) -> Any:
     """The pairs a config trains on: a trial's (`cfg.data` with the trainer's search jitter, tracker.train's
     `trial_data`) when it has a trainer, else `cfg.data` as it is (the evaluate app's config)."""
-    if OmegaConf.select(cfg, "trainer.search_center_jitter", default="absent") == "absent":
+    if OmegaConf.select(cfg, "trainer") is None:
         return cfg.data
     from ..train import trial_data
 
