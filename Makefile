@@ -30,9 +30,11 @@ sweep: $(STAMP)
 	$(PY) -m search.sweep -m trainer=cpu
 	$(PY) -m search.report study=synthetic_cpu
 
-# train the CPU preset's baseline trunk once and ship it in assets/trunks/ (make sweep then starts from it)
+# train the CPU preset's baseline trunk once and ship it in assets/trunks/ (make sweep then starts from it);
+# on a GPU: make trunk TRUNK_ARGS='trainer.device=cuda trainer.num_workers=7' (about 2.5 min of training on an H200)
+TRUNK_ARGS ?=
 trunk: $(STAMP)
-	$(PY) -m tracker.trunk trainer=cpu
+	$(PY) -m tracker.trunk trainer=cpu $(TRUNK_ARGS)
 
 clean:
 	rm -rf $(VENV)

@@ -165,3 +165,26 @@ def test_the_online_tracker_crops_with_trainings_factors(monkeypatch, tmp_path):
     with pytest.raises(Capture):
         run.evaluate_model(None, cfg, tmp_path / "out", device=None, progress=False)
     assert seen == {"template": 2.0, "search": 4.0}
+
+
+def test_the_trunks_own_generator_settings_are_checked_by_name():
+    with pytest.raises(ConfigError, match=r"trainer.baseline_trunk.generate.sorces='varied' is not allowed: a "
+                                          r"setting of the synthetic generator: .*sources"):
+        compose("train", ["++trainer.baseline_trunk.generate.sorces=varied"])
+
+
+def test_the_trunk_trains_on_its_own_data_and_is_scored_on_the_trials_split():
+    """`trainer.baseline_trunk.generate` changes what the trunk trains on (and so its key), not the split trials
+    are evaluated on, nor the trials' own training data."""
+    from tracker.cache import baseline_trunk_config
+    from tracker.data.config import pairs_key
+
+    plain = compose("train", ["trainer.baseline_trunk.generate={}"])
+    richer = compose("train", ["++trainer.baseline_trunk.generate.sources=varied",
+                               "++trainer.baseline_trunk.generate.train_sequences=7"])
+    (plain_trunk, plain_key), (trunk, key) = baseline_trunk_config(plain), baseline_trunk_config(richer)
+    assert key != plain_key
+    assert (trunk.data.generate.sources, trunk.data.generate.train_sequences) == ("varied", 7)
+    assert (trunk.data.generate.val_sequences, trunk.data.split) == (plain_trunk.data.generate.val_sequences, "val")
+    assert pairs_key(richer.data) == pairs_key(plain.data)  # the trials' pairs are untouched
+    assert "generate" not in trunk.trainer  # a trunk setting, not copied into the trunk run's trainer

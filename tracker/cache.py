@@ -100,10 +100,12 @@ def baseline_trunk_config(cfg: DictConfig) -> tuple[DictConfig, str]:
 
     trunk_cfg = copy.deepcopy(cfg)  # struct mode stays on: a misspelt key here fails
     trunk_cfg.head = OmegaConf.structured(HeadSpec())
-    t, recipe = trunk_cfg.trainer, trunk_cfg.trainer.baseline_trunk
-    t.update({**OmegaConf.to_container(recipe), "fidelity": "full", "trunk": None})
+    t, recipe = trunk_cfg.trainer, OmegaConf.to_container(trunk_cfg.trainer.baseline_trunk, resolve=True)
+    generate = recipe.pop("generate", None) or {}
+    trunk_cfg.data.generate.update(generate)  # its training data only: the evaluated split is the trials'
+    t.update({**recipe, "fidelity": "full", "trunk": None})
     key = config_key(trunk_cfg.model, trunk_cfg.head, pairs_key(trial_data(trunk_cfg), "train"),  # model: sizes, BN
-                     recipe_identity(OmegaConf.to_container(recipe, resolve=True)), MODEL_VERSION)
+                     recipe_identity(recipe), MODEL_VERSION)
     return trunk_cfg, key
 
 

@@ -165,7 +165,21 @@ class BaselineTrunkConf(TrainingRecipe):
     A recipe of its own, so that sweeping the head trial's lr or batch size reuses one cached trunk; the crop
     sizes, jitter, frozen BN, device and precision come from the trainer."""
 
+    # the synthetic generator's settings the trunk trains on in place of the trials' own `data.generate` ones
+    # (a pretrained trunk sees more and more varied data than a head study needs); empty: the trials' data
+    generate: Dict[str, Any] = field(default_factory=dict)
+
     _prefix = "trainer.baseline_trunk"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from .data.synthetic import SyntheticConfig
+
+        known = {f.name for f in dataclasses.fields(SyntheticConfig)} - {"root"}
+        for name in self.generate:
+            if name not in known:
+                raise not_allowed(f"{self._prefix}.generate.{name}", repr(self.generate[name]),
+                                  f"a setting of the synthetic generator: {', '.join(sorted(known))}")
 
 
 @dataclass

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from .cache import SHIPPED_TRUNKS, baseline_trunk_config, ensure_baseline_trunk
 from .config import job_config
 from .io import atomic_write_text
+from .latency import device_name, resolve_device
 from .model.checkpoint import load_checkpoint, save_checkpoint
 from .task import run_checkpoint
 
@@ -31,6 +32,14 @@ def _score(model: Any, cfg: DictConfig, data: Any, out: Path) -> dict[str, Any]:
 
     result = evaluate_on(model, cfg, data, out, device=torch.device("cpu"), progress=False)
     return {k: result.get(k) for k in ("auc", "precision", "static_auc", "static_precision", "sequences", "dataset")}
+
+
+def _training_seconds(rows: list[str]) -> float | None:
+    """The trunk run's summed epoch times (metrics.csv's `seconds` column), when it was trained here."""
+    if len(rows) < 2 or "seconds" not in rows[0].split(","):
+        return None
+    column = rows[0].split(",").index("seconds")
+    return round(sum(float(r.split(",")[column]) for r in rows[1:]), 1)
 
 
 def ship_trunk(cfg: DictConfig, test_data: Any = None, out_dir: Path = SHIPPED_TRUNKS) -> dict[str, Any]:
@@ -48,6 +57,7 @@ def ship_trunk(cfg: DictConfig, test_data: Any = None, out_dir: Path = SHIPPED_T
     model, _ = load_model(shipped)  # scored as trials will see it: fp16 weights back in fp32
     model.eval()
     history = cached.parent / "metrics.csv"
+    rows = history.read_text().splitlines() if history.is_file() else []
     scores = {"val": _score(model, cfg, cfg.data, cached.parent / "scores" / "val")}
     if test_data is not None:
         scores["test"] = _score(model, cfg, test_data, cached.parent / "scores" / "test")
@@ -55,7 +65,10 @@ def ship_trunk(cfg: DictConfig, test_data: Any = None, out_dir: Path = SHIPPED_T
         "key": key, "file": shipped.name, "bytes": shipped.stat().st_size,
         "command": "make trunk  # python -m tracker.trunk " + " ".join(sys.argv[1:]),
         "config": OmegaConf.to_container(trunk_cfg, resolve=True, enum_to_str=True),
-        "epochs_trained": len(history.read_text().splitlines()) - 1 if history.is_file() else None,
+        "epochs_trained": len(rows) - 1 if rows else None,
+        "training_seconds": _training_seconds(rows),
+        "trained_on": device_name(resolve_device(trunk_cfg.trainer.device)),
+        "loader_workers": trunk_cfg.trainer.num_workers,
         "scores": scores, "torch": torch.__version__, "python": platform.python_version(),
         "seconds_to_ship": round(time.perf_counter() - started, 1),
         "trained_checkpoint": str(run_checkpoint(cached.parent)),
