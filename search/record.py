@@ -52,9 +52,17 @@ class TrialAttr:
     DURATION_S = "duration_s"
     METRICS = "metrics"  # the flat scalar part of what the trial returned
     FAIL_REASON = "fail_reason"
-    ORPHANED = "orphaned"  # True: failed because its sweep process died (a reference one is asked again)
+    ORPHANED = "orphaned"  # True: failed because its sweep process died or stopped beating (asked again: a reference,
+    # a repeat; with heartbeats, a retry)
     PRUNE_REASON = "prune_reason"
     NOTE = "note"  # why a COMPLETE trial was settled as it was
+
+
+# what a run of a trial writes (its owner, how it ended, what it measured): a retry of a stale trial (one whose sweep
+# process stopped beating) is a WAITING copy without these, and keeps the rest (role, stage, repeat, seed, head)
+OF_A_RUN = (TrialAttr.HOST, TrialAttr.PID, TrialAttr.TRAINED, TrialAttr.CONFIG_KEY, TrialAttr.COST, TrialAttr.RUN_DIR,
+            TrialAttr.DUPLICATE_OF, TrialAttr.DURATION_S, TrialAttr.METRICS, TrialAttr.FAIL_REASON,
+            TrialAttr.ORPHANED, TrialAttr.PRUNE_REASON, TrialAttr.NOTE)
 
 
 class StudyAttr:

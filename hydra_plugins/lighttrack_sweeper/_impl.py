@@ -31,8 +31,8 @@ from search.objectives import (ObjectiveError, non_dominated, objective_entries,
                                parse_objectives, returned_figures, scalar_metrics)
 from search.record import Stage, StudyAttr, TrialAttr, arch_key, reason_attr
 from search.space import Space, build_space, format_value, merge_overrides
-from search.study import (StorageError, fail_orphans, is_lockable, open_storage, owner_attrs, storage_location,
-                          study_lock)
+from search.study import (Beating, StorageError, fail_orphans, fail_stale_trials, heartbeat, is_lockable,
+                          open_storage, owner_attrs, retried, retry_of, storage_location, study_lock)
 from tracker.config import (config_differences, job_config, recipe_identity, without_settings_of_no_effect,
                             without_unused_int8_settings)
 from tracker.io import atomic_write_text, stable_hash
@@ -42,6 +42,8 @@ from .jobs import INTERMEDIATE_FIDELITIES, INTERMEDIATE_KEY
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+# with heartbeats, study.ask warns that Optuna beats inside study.optimize only: the sweeper beats itself (Beating)
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -177,7 +179,8 @@ class SweeperImpl:
                  space: Any, n_trials: Optional[int], max_trials: Optional[int], n_jobs: Optional[int], seed: int,
                  cost: Any, budget: Any, enqueue: Any, max_settled: int = 200, trial: Optional[int] = None,
                  confirm: Any = None, dry_run: bool = False, int8: bool = False, count_failed: bool = False,
-                 max_failures: int = 5) -> None:
+                 max_failures: int = 5, heartbeat_interval: Optional[int] = None, grace_period: Optional[int] = None,
+                 retry_failed: int = 1) -> None:
         self.dry_run, self.int8 = dry_run, int8
         self.count_failed, self.max_failures = count_failed, max_failures
         self.failed_in_a_row = 0
@@ -211,6 +214,24 @@ class SweeperImpl:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise SweepConfigError(f"hydra.sweeper.{name}={value} is not allowed: null or an integer >= 1")
+        for name, value in (("heartbeat_interval", heartbeat_interval), ("grace_period", grace_period)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise SweepConfigError(f"hydra.sweeper.{name}={value!r} is not allowed: null ("
+                                       + ("no heartbeats" if name == "heartbeat_interval" else
+                                          "2 x hydra.sweeper.heartbeat_interval") + ") or an integer >= 1 (seconds)")
+        if isinstance(retry_failed, bool) or not isinstance(retry_failed, int) or retry_failed < 0:
+            raise SweepConfigError(f"hydra.sweeper.retry_failed={retry_failed!r} is not allowed: an integer >= 0 (how "
+                                   "many times a trial whose sweep process stopped beating is re-run; 0: never)")
+        if grace_period is not None and heartbeat_interval is None:
+            raise SweepConfigError(f"hydra.sweeper.grace_period={grace_period} is not used: heartbeats are off "
+                                   "(hydra.sweeper.heartbeat_interval=null); set hydra.sweeper.heartbeat_interval too")
+        if grace_period is not None and grace_period <= heartbeat_interval:
+            raise SweepConfigError(f"hydra.sweeper.grace_period={grace_period} is not allowed with "
+                                   f"hydra.sweeper.heartbeat_interval={heartbeat_interval}: null (2 x the interval) "
+                                   "or an integer > the interval (a live trial beats once per interval, and would be "
+                                   "failed between two beats)")
+        self.heartbeat = heartbeat(heartbeat_interval, grace_period, retry_failed)
+        self.beating: Optional[Beating] = None
         if n_trials is None and max_trials is None:
             raise SweepConfigError("hydra.sweeper.n_trials and hydra.sweeper.max_trials are both null: set one "
                                    "(n_trials: trials this process adds; max_trials: the study's total)")
@@ -242,7 +263,7 @@ class SweeperImpl:
     def _connect(self) -> Any:
         """The storage, opened before anything else: one that cannot be is a config error, not a traceback."""
         try:
-            return open_storage(self.location)
+            return open_storage(self.location, self.heartbeat)
         except StorageError as e:
             value = "null" if self.storage is None else repr(self.storage)
             where = "" if self.location == self.storage else f" (the journal file {self.location})"
@@ -323,10 +344,28 @@ class SweeperImpl:
             study.sampler = AskTellGridSampler(space.grid(), seed=seed)
         else:
             study.sampler = instantiate(self.sampler_cfg, seed=seed)
-        orphans = fail_orphans(study, storage, unowned=is_lockable(self.location))  # under study_lock
+        self._fail_stale(study, storage)  # under study_lock, as fail_orphans
+        orphans = fail_orphans(study, storage, unowned=is_lockable(self.location))
         if orphans:
-            log.warning("trials %s were RUNNING in a sweep process that died: marked FAIL", orphans)
+            log.warning("trials %s were RUNNING in a sweep process that died: marked FAIL%s", orphans,
+                        self._retries(study, orphans))
         return study
+
+    def _fail_stale(self, study: optuna.Study, storage: Any) -> None:
+        """With heartbeats: fails the RUNNING trials that stopped beating (their sweep process died or hangs, on any
+        host) and re-enqueues them (hydra.sweeper.retry_failed)."""
+        if self.heartbeat is None:
+            return
+        stale = fail_stale_trials(study, storage, held=self.beating.held if self.beating is not None else ())
+        if stale:
+            log.warning("trials %s were RUNNING in a sweep process that stopped beating (no heartbeat for more than "
+                        "%d s): marked FAIL%s", stale, self.heartbeat.grace, self._retries(study, stale))
+
+    def _retries(self, study: optuna.Study, failed: list[int]) -> str:
+        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        copies = {retry_of(t.system_attrs): t.number for t in waiting}
+        again = [f"{n} as trial {copies[n]}" for n in failed if n in copies]
+        return f"; re-enqueued: {', '.join(again)}" if again else ""
 
     @staticmethod
     def _recipe(cfg: DictConfig) -> dict:
@@ -399,9 +438,19 @@ class SweeperImpl:
                  self.location, self.study_name, self.location)
         self.states: Counter = Counter()
         self.launched = 0
-        self._loop(study, space, self._room)
-        if self.confirm["seeds"] > 1:
-            self._loop(study, space, self._confirmation_room)
+        self.storage_object = storage
+        if self.heartbeat is not None:
+            self.beating = Beating(storage, self.heartbeat.interval)
+            log.info("heartbeats every %d s: a trial with none for %d s is failed and re-enqueued (at most %d "
+                     "time(s))", self.heartbeat.interval, self.heartbeat.grace, self.heartbeat.retry)
+        try:
+            self._loop(study, space, self._room)
+            if self.confirm["seeds"] > 1:
+                self._loop(study, space, self._confirmation_room)
+        finally:
+            if self.beating is not None:
+                self.beating.close()
+                self.beating = None
         self._summary(study)
         return [(t.number, t.state.name) for t in study.trials]
 
@@ -473,9 +522,12 @@ class SweeperImpl:
                               "in the study and each trial's error.txt", self.failed_in_a_row, self.max_failures)
                     break
                 with study_lock(self.location):
+                    self._fail_stale(study, self.storage_object)
                     if not room(study):
                         break
                     trial = study.ask()
+                    if self.beating is not None:  # it beats from its ask to its tell
+                        self.beating.add(trial._trial_id)
                     job = self._prepare(study, trial, space, batch, deferred)
                     if job is not None:
                         trial.set_user_attr(TrialAttr.TRAINED, True)
@@ -500,8 +552,10 @@ class SweeperImpl:
             return False
         if self.max_trials is None:
             return True
-        counted = [t for t in study.get_trials(deepcopy=False, states=FINISHED + (TrialState.RUNNING,))
-                   if t.user_attrs.get(TrialAttr.STAGE) != Stage.CONFIRM
+        trials = study.get_trials(deepcopy=False)
+        again = retried(trials)  # a failed trial re-run by a retry: the retry counts (once it trains), not it
+        counted = [t for t in trials if t.state in FINISHED + (TrialState.RUNNING,) and t.number not in again
+                   and t.user_attrs.get(TrialAttr.STAGE) != Stage.CONFIRM
                    and (t.state == TrialState.FAIL and self.count_failed
                         or t.state != TrialState.FAIL and t.user_attrs.get(TrialAttr.TRAINED))]
         if len(counted) >= self.max_trials and not self.launched:
@@ -523,7 +577,9 @@ class SweeperImpl:
         A seed counts once it is complete, running, waiting or failed (a failed repeat is not retried, unless its
         sweep process died under it)."""
         trials = study.get_trials(deepcopy=False)
-        confirm_trials = [t for t in trials if t.user_attrs.get(TrialAttr.STAGE) == Stage.CONFIRM]
+        again = retried(trials)  # a repeat re-run by a retry: one repeat
+        confirm_trials = [t for t in trials if t.user_attrs.get(TrialAttr.STAGE) == Stage.CONFIRM
+                          and t.number not in again]
         left = None if self.confirm["max_trials"] is None else \
             self.confirm["max_trials"] - len(confirm_trials)
         groups: dict[str, list[FrozenTrial]] = {}
@@ -702,6 +758,8 @@ class SweeperImpl:
         if not isinstance(outcome, Outcome):
             outcome = Outcome(value=outcome)
         trial = job.trial
+        if self._failed_elsewhere(trial):
+            return
         if outcome.seconds:
             trial.set_user_attr(TrialAttr.DURATION_S, round(outcome.seconds, 3))
         if outcome.traceback:
@@ -726,9 +784,25 @@ class SweeperImpl:
         self._tell(study, trial, job.params, job.role, TrialState.COMPLETE, job.started, values=values,
                    seconds=outcome.seconds)
 
+    def _failed_elsewhere(self, trial: optuna.Trial) -> bool:
+        """Whether another sweep process failed this trial while it ran, as stale (this process stopped beating
+        for longer than the grace period: it hung, or was suspended); its result is dropped (the retry re-runs it)."""
+        if self.heartbeat is None:
+            return False
+        stored = self.storage_object.get_trial(trial._trial_id)
+        if not stored.state.is_finished():
+            return False
+        if self.beating is not None:
+            self.beating.discard(trial._trial_id)
+        log.warning("trial %3d was marked %s by another sweep process while it ran here (%s): its result is "
+                    "dropped", trial.number, stored.state.name, stored.user_attrs.get(TrialAttr.FAIL_REASON, "?"))
+        return True
+
     def _tell(self, study: optuna.Study, trial: optuna.Trial, params: dict, role: Optional[str], state: TrialState,
               started: float, values: Optional[Sequence[float]] = None, reason: Optional[str] = None,
               seconds: Optional[float] = None) -> None:
+        if self.beating is not None:  # a finished trial beats no more
+            self.beating.discard(trial._trial_id)
         trial.set_user_attr(TrialAttr.TRAINED, bool(trial.user_attrs.get(TrialAttr.TRAINED)))
         if reason is not None:
             trial.set_user_attr(reason_attr(state.name), reason)
@@ -746,6 +820,9 @@ class SweeperImpl:
         if trial.user_attrs.get(TrialAttr.STAGE) == Stage.CONFIRM:
             shown = (f"[repeat of trial {trial.user_attrs.get(TrialAttr.REPEAT_OF)}, seed "
                      f"{trial.user_attrs.get(TrialAttr.CONFIRM_SEED)}] " + shown)
+        again = retry_of(self.storage_object.get_trial_system_attrs(trial._trial_id))
+        if again is not None:
+            shown = f"[retry of trial {again}] " + shown
         figures = dict(trial.user_attrs.get(TrialAttr.COST, {}))
         figures.update(trial.user_attrs.get(TrialAttr.METRICS, {}))
         if values is not None:

@@ -129,6 +129,14 @@ class LightTrackSweeperConf:
     # (it is asked again at each start until it completes) stops the sweep with its reason
     count_failed: bool = False
     max_failures: int = 5
+    # heartbeats: while a trial runs, its sweep process records a heartbeat every heartbeat_interval seconds (null:
+    # off); a RUNNING trial with none for grace_period seconds (null: 2 x the interval) lost its sweep process (killed,
+    # its machine down, on any host): the next sweep process to look marks it FAIL and re-enqueues it, at most
+    # retry_failed times (0: never), as a WAITING trial with the same parameters. Every process sharing a study needs
+    # the same settings (a shorter grace period fails the trials of a process that beats less often)
+    heartbeat_interval: Optional[int] = None
+    grace_period: Optional[int] = None
+    retry_failed: int = 1
     n_jobs: Optional[int] = None  # trials per launched batch; null: the launcher's n_jobs (1 for basic)
     seed: int = 0
     # a callable(job config) -> cost figures, run before training (rejects bad configs, feeds budget and dedup)

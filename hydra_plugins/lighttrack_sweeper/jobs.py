@@ -19,14 +19,15 @@ INTERMEDIATE_KEY = "val_iou"
 INTERMEDIATE_FIDELITIES = ("head",)
 
 
-def load(location: str, study_name: str, pruner: Any = None) -> tuple[optuna.Study, Any]:
+def load(location: str, study_name: str, pruner: Any = None, heartbeat: Any = None) -> tuple[optuna.Study, Any]:
     """(study, storage) for a job; a random sampler, since a job only reports and asks the pruner (it never
-    samples)."""
+    samples). `heartbeat`: the sweeper's heartbeat settings (search.study.Heartbeat), so that a job in the sweep
+    process gets the sweeper's storage object (a job never beats: its sweep process beats for it)."""
     import optuna
 
     from search.study import open_storage
 
-    storage = open_storage(location)
+    storage = open_storage(location, heartbeat)
     study = optuna.load_study(study_name=study_name, storage=storage, pruner=pruner,
                               sampler=optuna.samplers.RandomSampler())
     return study, storage
@@ -49,10 +50,11 @@ def current_trial() -> Optional[optuna.Trial]:
     import optuna
     from hydra.utils import instantiate
 
-    from search.study import storage_location, trial_id
+    from search.study import heartbeat, storage_location, trial_id
 
     location = storage_location(sweeper.storage, hydra_cfg.sweep.dir)
-    study, storage = load(location, sweeper.study_name, pruner=instantiate(sweeper.pruner))
+    beats = heartbeat(sweeper.get("heartbeat_interval"), sweeper.get("grace_period"), sweeper.get("retry_failed", 1))
+    study, storage = load(location, sweeper.study_name, pruner=instantiate(sweeper.pruner), heartbeat=beats)
     return optuna.Trial(study, trial_id(storage, study.study_name, int(number)))
 
 
