@@ -68,17 +68,26 @@ class Precision:
 
 class Engine:
     """Steps an optimiser on STARK's box loss (GIoU + L1 on the corners) with grad clipping and mixed precision;
-    `run_epoch` is the only training loop in the project."""
+    `run_epoch` is the only training loop in the project.
+
+    Data-parallel (`all_sum`: a tensor's element-wise sum over the ranks, `tracker.distributed.Session.all_sum`):
+    each rank steps on its share of the global batch (DDP averages the gradients in `backward`); the statistics
+    are summed over the ranks every step, so every rank sees the global batch's loss (a non-finite one stops all
+    ranks at the same step, before a collective that one of them would never reach) and returns the global epoch
+    figures."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, precision: Precision, giou_weight: float, l1_weight: float,
-                 grad_clip: float, epochs: int, progress: bool = True):
+                 grad_clip: float, epochs: int, progress: bool = True,
+                 all_sum: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
         self.optimizer, self.precision = optimizer, precision
         self.giou_weight, self.l1_weight, self.grad_clip = giou_weight, l1_weight, grad_clip
-        self.epochs, self.progress = epochs, progress
+        self.epochs, self.progress, self.all_sum = epochs, progress, all_sum
 
-    def step(self, loss: torch.Tensor, epoch: int, step: int) -> None:
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step} "
+    def step(self, loss: torch.Tensor, epoch: int, step: int, global_loss: Optional[float] = None) -> None:
+        """`global_loss`: the global batch's mean loss (data-parallel), checked in place of this rank's."""
+        shown = loss.item() if global_loss is None else global_loss
+        if not np.isfinite(shown):
+            raise NonFiniteLossError(f"loss became {shown} at epoch {epoch + 1}, step {step} "
                                      f"(lr {self.optimizer.param_groups[0]['lr']:.3g}); the run stops here")
         scaler = self.precision.scaler
         self.optimizer.zero_grad(set_to_none=True)
@@ -101,13 +110,17 @@ class Engine:
                 with self.precision.autocast():
                     corners, target = forward(batch)
                 loss, parts = box_loss(corners, target, self.giou_weight, self.l1_weight)
-                self.step(loss, epoch, epoch * steps + step)
                 b = corners.shape[0]
-                sums["loss"] += loss.item() * b
-                sums["giou"] += parts["giou"].item() * b
-                sums["l1"] += parts["l1"].item() * b
-                sums["iou"] += box_iou(corners.detach().float(), target.clamp(0, 1)).diagonal().sum().item()
-                n += b
+                with torch.no_grad():  # this batch's sums (float64): loss, giou, l1, iou, pairs
+                    iou = box_iou(corners.detach().float(), target.clamp(0, 1)).diagonal().sum()
+                    sizes = torch.stack([loss.detach(), parts["giou"].detach(), parts["l1"].detach()]).double() * b
+                    figures = torch.cat([sizes, torch.stack([iou.double(), torch.full_like(iou, b).double()])])
+                parallel = self.all_sum is not None
+                values = (self.all_sum(figures) if parallel else figures).tolist()  # the global batch's
+                self.step(loss, epoch, epoch * steps + step, values[0] / values[4] if parallel else None)
+                for key, value in zip(sums, values):
+                    sums[key] += value
+                n += int(values[4])
                 bar.set_postfix(loss=f"{sums['loss'] / n:.3f}", refresh=False)
                 bar.update()
         return {k: v / max(n, 1) for k, v in sums.items()}

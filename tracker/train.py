@@ -6,6 +6,10 @@ A run directory holds the resolved config, `checkpoints/last.pt` (written atomic
 in the same directory resumes from it), `metrics.csv` (one row per epoch), `metrics.json`, per-sequence
 results and plots. The last stdout line is one JSON object with the metrics, the cost profile and the
 run directory.
+
+Under `torchrun --nproc_per_node=N -m tracker.train ...` (full and finetune fidelity) the N processes train one
+trial data-parallel (`tracker.distributed`): `trainer.batch_size` is the global batch, each rank trains on its
+B/N share, and rank 0 alone writes the run directory, evaluates and prints the JSON line.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -25,8 +30,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision.ops import box_convert, box_iou
 
+from . import distributed
 from .cache import ensure_baseline_trunk, trunk_digest, trunk_features
-from .config import validate
+from .config import ConfigError, validate
 from .engine import Engine, Precision, deterministic_algorithms, seed_everything
 from .io import atomic_path
 from .model import StarkLightning
@@ -80,29 +86,53 @@ class Trial:
         self.cfg, self.t = cfg, typed["trainer"]  # the checked TrainerConf, interpolations resolved
         self.run_dir = Path(run_dir)
         self.on_epoch_end, self.progress = on_epoch_end, progress
+        self.dist = distributed.active()  # data-parallel under torchrun (None: one process)
+        if self.dist is not None:
+            self._check_parallel()
         if self.t.fidelity == "full" and self.t.frozen_bn:
             log.warning("trainer.fidelity=full with trainer.frozen_bn=true trains the whole tracker from scratch "
                         "with its backbone BN frozen at random statistics (STARK freezes ImageNet-pretrained BN): "
                         "for head ablations give a trunk (trainer=gpu_head trainer.trunk=PATH), or set "
                         "trainer.frozen_bn=false")
-        self.device = resolve_device(self.t.device)
+        self.device = self.dist.device if self.dist is not None else resolve_device(self.t.device)
         self.precision = Precision(self.t.amp, self.device)
         self.checkpoint_path = run_checkpoint(self.run_dir)
 
+    def _check_parallel(self) -> None:
+        """What data-parallel training supports, checked before anything is built."""
+        world = self.dist.world_size
+        if self.t.fidelity == "head":
+            raise ConfigError(f"trainer.fidelity=head under torchrun ({world} processes) is not supported: a head "
+                              f"trial trains on cached trunk features in minutes on one device; run head trials one "
+                              f"process each (a sweep's launcher runs them in parallel)")
+        if self.t.batch_size % world:
+            raise ConfigError(f"trainer.batch_size={self.t.batch_size} is not allowed under torchrun with {world} "
+                              f"processes: the global batch, a multiple of the process count (each trains on "
+                              f"batch_size / {world})")
+
+    @property
+    def main(self) -> bool:
+        """This process writes the run directory (rank 0, or the only process)."""
+        return self.dist is None or self.dist.main
+
     # ---- data -------------------------------------------------------------------------------------
-    def pair_loader(self, split: str, pairs: int, seed: int) -> DataLoader:
+    def pair_loader(self, split: str, pairs: int, seed: int, shard: bool = False) -> DataLoader:
+        """`shard` (data-parallel training): this rank's share of every global batch of trainer.batch_size."""
         from .data import build_pair_loader
 
+        parallel = {"rank": self.dist.rank, "world_size": self.dist.world_size} if shard and self.dist else {}
         return build_pair_loader(trial_data(self.cfg), split=split, pairs_per_epoch=pairs,
                                  batch_size=self.t.batch_size, num_workers=self.t.num_workers, seed=seed,
-                                 device=self.device)
+                                 device=self.device, **parallel)
 
     # ---- model ------------------------------------------------------------------------------------
     def build_model(self) -> StarkLightning:
         seed_everything(self.t.seed)
         model = instantiate(self.cfg.model)
         if self.t.fidelity != "full":
-            load_trunk(model, self.trunk_path())
+            with distributed.suspended():  # a baseline trunk still to train trains in one process (the first here)
+                trunk = self.trunk_path()
+            load_trunk(model, trunk)
         if self.t.fidelity == "head":
             for m in trunk_modules(model):
                 freeze(m)
@@ -125,47 +155,62 @@ class Trial:
 
     def _train(self) -> StarkLightning:
         model = self.build_model()
+        if self.dist is None:
+            return self._train_model(model, model)
+        with distributed.sync_batchnorm(model, self.device):  # BatchNorm over the global batch; plain BN after
+            return self._train_model(model, self.dist.wrap(model))
+
+    def _train_model(self, model: StarkLightning, net: nn.Module) -> StarkLightning:
+        """Trains `model` through `net` (the model itself, or its DistributedDataParallel wrapper); rank 0 alone
+        writes the checkpoint, the history, the log and the experiment logger's scalars."""
+        dist, main = self.dist, self.main
         optimizer = build_optimizer(model, self.t)
         scheduler = instantiate(self.t.scheduler)(optimizer)
         engine = Engine(optimizer, self.precision, self.t.giou_weight, self.t.l1_weight, self.t.grad_clip,
-                        self.t.epochs, self.progress)
+                        self.t.epochs, self.progress and main, all_sum=dist.all_sum if dist else None)
         history: list[dict[str, float]] = []
         start_epoch = 0
-        if self.checkpoint_path.is_file():
+        if self.checkpoint_path.is_file():  # every rank reads rank 0's checkpoint: the same state everywhere
             state = load_checkpoint(self.checkpoint_path)
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             self.precision.scaler.load_state_dict(state["scaler"])
             history, start_epoch = state["history"], state["epoch"]
-            log.info("resuming %s from epoch %d", self.run_dir, start_epoch)
+            if main:
+                log.info("resuming %s from epoch %d", self.run_dir, start_epoch)
         if start_epoch >= self.t.epochs:
             return model
-        writer = self.experiment_logger()
+        writer = self.experiment_logger() if main else None
         head_only = self.t.fidelity == "head"
         config = self.model_config()  # stored in every checkpoint
         features = self.head_features(model) if head_only else None
-        loader = None if head_only else self.pair_loader("train", self.t.pairs_per_epoch, self.t.seed)
+        loader = None if head_only else self.pair_loader("train", self.t.pairs_per_epoch, self.t.seed, shard=True)
+        rank = dist.rank if dist else 0
         with contextlib.closing(writer) if writer is not None else contextlib.nullcontext():
             for epoch in range(start_epoch, self.t.epochs):
-                seed_everything(self.t.seed + 1000 * (epoch + 1))  # dropout and shuffles repeat after a resume
+                # dropout and shuffles repeat after a resume; each rank draws its own dropout masks (rank 0 the
+                # single process's)
+                seed_everything(self.t.seed + 1000 * (epoch + 1) + rank)
                 started = time.perf_counter()
                 if head_only:
                     model.head.train()
                     batches = self.feature_batches(features["train"], epoch)
                     stats = engine.run_epoch(batches, self.head_forward(model), epoch)
                 else:
-                    model.train()
+                    net.train()
                     loader.sampler.set_epoch(epoch)
-                    stats = engine.run_epoch(loader, self.pair_forward(model), epoch)
+                    stats = engine.run_epoch(loader, self.pair_forward(net), epoch)  # global figures
                 scheduler.step()
                 stats.update(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"],
                              seconds=time.perf_counter() - started)
                 if head_only:
                     stats["val_iou"] = self.val_iou(model, features["val"])
+                history.append(stats)
+                if not main:
+                    continue
                 if self.on_epoch_end is not None and self.t.report_every and (epoch + 1) % self.t.report_every == 0:
                     self.on_epoch_end(epoch + 1, stats)
-                history.append(stats)
                 save_checkpoint(self.checkpoint_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
                                 scheduler=scheduler.state_dict(), scaler=self.precision.scaler.state_dict(),
                                 history=history, epoch=epoch + 1, config=config)
@@ -197,8 +242,8 @@ class Trial:
             log.info(line)
 
     # ---- what a batch means at each fidelity ------------------------------------------------------
-    def pair_forward(self, model: StarkLightning):
-        """Full and finetune fidelity: template and search crops through the whole tracker."""
+    def pair_forward(self, model: nn.Module):
+        """Full and finetune fidelity: template and search crops through the whole tracker (or its DDP wrapper)."""
         def forward(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             out = model(batch["template"], batch["template_mask"], batch["search"], batch["search_mask"])
@@ -247,14 +292,75 @@ class Trial:
 def _main(cfg: DictConfig) -> Optional[float]:
     from hydra.core.hydra_config import HydraConfig
 
-    result = run_trial(cfg, HydraConfig.get().runtime.output_dir)
+    run_dir = HydraConfig.get().runtime.output_dir
+    _check_processes(cfg)
+    if distributed.launched():
+        return _main_parallel(cfg, run_dir)
+    result = run_trial(cfg, run_dir)
     print(json.dumps(result.figures(), default=str))
     return result.metrics.get("auc")
+
+
+def _check_processes(cfg: DictConfig) -> None:
+    """`trainer.processes` (where the trainer's schema has it: the data-parallel processes a trial asks for, which a
+    launcher starts as `torchrun --nproc_per_node=<processes>`) against the processes this run has: a mismatch
+    changes no result (the batch is global), so it is only said."""
+    asked, world = OmegaConf.select(cfg, "trainer.processes", default=None), distributed.env_rank()[2]
+    if asked is not None and int(asked) != world and distributed.env_rank()[0] == 0:
+        log.warning("trainer.processes=%s asks for %s data-parallel processes; this run has %d (start it as "
+                    "`torchrun --nproc_per_node=%s -m tracker.train ...`)", asked, asked, world, asked)
+
+
+def _main_parallel(cfg: DictConfig, run_dir: str) -> Optional[float]:
+    """One trial, data-parallel, in each process torchrun started: rank 0 checks the config and the data (building
+    what is cached, the synthetic set) while the others wait, then all train in rank 0's run directory; rank 0
+    evaluates, writes and prints while the others wait at the session's last barrier."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from .task import check_resumable
+
+    rank, _, world = distributed.env_rank()
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise ConfigError(f"torchrun ({world} processes) runs one trial: drop -m/--multirun (a sweep starts one "
+                          f"torchrun per trial through its launcher)")
+    own_dir = Path(run_dir)
+    if rank > 0:
+        logging.basicConfig(stream=sys.stderr, level=logging.INFO, force=True,
+                            format=f"[rank {rank}][%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    with distributed.session(cfg.trainer.device) as dist:
+        if dist.main:
+            Trial(cfg, run_dir, progress=False)  # validates the config and the data before the others start
+            check_resumable(cfg, run_dir)
+        run_dir = dist.broadcast(str(Path(run_dir).absolute()) if dist.main else None)
+        if not dist.main:  # Hydra's own folder for this rank (another second's timestamp): empty, not kept
+            if own_dir.absolute() != Path(run_dir) and own_dir.is_dir() and not any(own_dir.iterdir()):
+                own_dir.rmdir()
+            Trial(cfg, run_dir, progress=False).train()
+            return None
+        result = run_trial(cfg, run_dir)
+        print(json.dumps(result.figures(), default=str))
+        return result.metrics.get("auc")
+
+
+def _quiet_rank() -> None:
+    """A rank other than 0 under torchrun writes nothing of Hydra's (no .hydra/ folder, no job log file) and logs
+    to stderr, its lines prefixed with the rank; rank 0 is the run (its directory, log and stdout)."""
+    rank = distributed.env_rank()[0]
+    if rank == 0:
+        return
+    given = [a.lstrip("~+") for a in sys.argv[1:]]
+    if not any(a.startswith("hydra.output_subdir=") for a in given):
+        sys.argv += ["hydra.output_subdir=null"]
+    if not any(a.startswith("hydra/job_logging=") for a in given):
+        sys.argv += ["hydra/job_logging=none"]  # `_main_parallel` logs to stderr instead
 
 
 def main() -> None:
     from .app import hydra_app
 
+    if distributed.launched():
+        _quiet_rank()
     hydra_app(_main, "train")()
 
 

@@ -249,15 +249,19 @@ def check_data(cfg: Any, train: bool = True, evaluation: bool = True, budget: fl
 def build_pair_loader(cfg: Any, split: str = "train", template_size: int | None = None,
                       search_size: int | None = None, pairs_per_epoch: int = 60000, batch_size: int = 16,
                       num_workers: int = 0, seed: int = 0, device: Any = None, epoch: int = 0,
-                      center_jitter: float | None = None, scale_jitter: float | None = None):
+                      center_jitter: float | None = None, scale_jitter: float | None = None, rank: int = 0,
+                      world_size: int = 1):
     """A DataLoader of processed pairs. `split="train"`: the training mixture (`sources`, else
     `train_split`), last partial batch dropped; any other split: pairs from that split of the evaluated
     dataset (`data.split` when "val" is asked), every pair kept. Crop sizes and jitter given override the
-    config's; the counts, the seed and the workers are the caller's (the trainer's recipe)."""
+    config's; the counts, the seed and the workers are the caller's (the trainer's recipe). `world_size` > 1
+    (training under torchrun): `batch_size` is the global batch and the loader is rank `rank`'s share of it
+    (`make_loader`)."""
     data = with_crops(cfg, template_size, search_size, center_jitter, scale_jitter)
     if split == "train":
         dataset = build_pair_dataset(data, pairs_per_epoch, seed)
     else:
         reader = build_reader(data, data.split if split == "val" else split)
         dataset = PairDataset([(reader, 1.0)], build_processing(data), pairs_per_epoch, data.sampling.max_gap, seed)
-    return make_loader(dataset, batch_size, num_workers, device, epoch, drop_last=split == "train")
+    return make_loader(dataset, batch_size, num_workers, device, epoch, drop_last=split == "train", rank=rank,
+                       world_size=world_size)

@@ -85,20 +85,40 @@ class PairDataset(Dataset):
 
 class EpochSampler(Sampler[int]):
     """Yields global indices epoch * n .. (epoch + 1) * n - 1 and moves to the next epoch after each pass.
-    `set_epoch(k)` starts (or resumes) at epoch k."""
+    `set_epoch(k)` starts (or resumes) at epoch k.
 
-    def __init__(self, pairs_per_epoch: int, epoch: int = 0):
+    Data-parallel (`world_size` > 1): rank `rank` yields its share of every global batch of `batch_size` (the
+    trainer's batch, split evenly): from global batch k = indices epoch * n + k * B .. + B - 1, the `B / world_size`
+    consecutive ones at rank * B / world_size. The ranks' shares are disjoint and their union, batch by batch, is
+    the single process's epoch (last partial global batch dropped, as the single process's loader drops it), so
+    the ranks' loaders at batch B / world_size together load what one loader at batch B loads."""
+
+    def __init__(self, pairs_per_epoch: int, epoch: int = 0, rank: int = 0, world_size: int = 1,
+                 batch_size: int | None = None):
+        if world_size > 1:
+            if batch_size is None or batch_size % world_size:
+                raise ValueError(f"a batch of {batch_size} does not split evenly over {world_size} processes: "
+                                 f"make trainer.batch_size (the global batch) a multiple of the process count")
+            if not 0 <= rank < world_size:
+                raise ValueError(f"rank {rank} is not in [0, {world_size})")
         self.n, self.epoch = pairs_per_epoch, epoch
+        self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.n
+        if self.world_size == 1:
+            return self.n
+        return (self.n // self.batch_size) * (self.batch_size // self.world_size)
 
     def __iter__(self) -> Iterator[int]:
         start, self.epoch = self.epoch * self.n, self.epoch + 1
-        return iter(range(start, start + self.n))
+        if self.world_size == 1:
+            return iter(range(start, start + self.n))
+        share = self.batch_size // self.world_size
+        return iter(start + k * self.batch_size + self.rank * share + i
+                    for k in range(self.n // self.batch_size) for i in range(share))
 
 
 def _init_worker(worker_id: int) -> None:
@@ -109,13 +129,19 @@ def _init_worker(worker_id: int) -> None:
 
 
 def make_loader(dataset: PairDataset, batch_size: int = 16, num_workers: int = 0, device: str | torch.device | None
-                = None, epoch: int = 0, drop_last: bool = True, prefetch_factor: int = 2) -> DataLoader:
+                = None, epoch: int = 0, drop_last: bool = True, prefetch_factor: int = 2, rank: int = 0,
+                world_size: int = 1) -> DataLoader:
     """A DataLoader over `dataset`: EpochSampler order, seeded workers (persistent), memory pinned when
-    the target device is CUDA (by default: when CUDA is available). `loader.sampler.set_epoch(k)` resumes."""
+    the target device is CUDA (by default: when CUDA is available). `loader.sampler.set_epoch(k)` resumes.
+    `world_size` > 1: `batch_size` is the global batch, and this is rank `rank`'s loader of its share, batches of
+    `batch_size / world_size` (see EpochSampler; training only: `drop_last`)."""
     cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
     generator = torch.Generator()
     generator.manual_seed(dataset.seed)
     workers = {"persistent_workers": True, "prefetch_factor": prefetch_factor} if num_workers > 0 else {}
-    return DataLoader(dataset, batch_size=batch_size, sampler=EpochSampler(len(dataset), epoch),
-                      num_workers=num_workers, pin_memory=cuda, drop_last=drop_last, worker_init_fn=_init_worker,
-                      generator=generator, **workers)
+    if world_size > 1 and not drop_last:
+        raise ValueError("a data-parallel loader drops the last partial batch (drop_last=True)")
+    sampler = EpochSampler(len(dataset), epoch, rank, world_size, batch_size)
+    return DataLoader(dataset, batch_size=batch_size // world_size, sampler=sampler, num_workers=num_workers,
+                      pin_memory=cuda, drop_last=drop_last, worker_init_fn=_init_worker, generator=generator,
+                      **workers)
