@@ -26,8 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = "synthetic_tiny"
-SWEEP = ["-m", "search.sweep", "-m", "trainer=tiny", "trainer.fidelity=head", "hydra.sweeper.max_trials=8",
-         "hydra.sweeper.confirm.seeds=2", "hydra.sweeper.confirm.front=2", "data.generate.train_sequences=4",
+SWEEP = ["-m", "search.sweep", "-m", "trainer=tiny", "trainer.fidelity=head", "hydra.sweeper.confirm.seeds=2", "hydra.sweeper.confirm.front=2", "data.generate.train_sequences=4",
          "data.generate.val_sequences=2", "data.generate.frames=12", "evaluation.max_sequences=2",
          "latency=quick"]
 
@@ -60,13 +59,14 @@ def main() -> int:
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-wait", type=float, default=25.0, help="longest time before a kill, seconds")
+    parser.add_argument("--trials", type=int, default=12, help="the sweep's max_trials (more: more room for kills)")
     parser.add_argument("--keep", type=Path, default=None, help="runs root to use and keep (default: a temp dir)")
     parser.add_argument("extra", nargs="*", help="more sweep overrides (hydra.sweeper.heartbeat_interval=1 ...)")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     runs = (args.keep or Path(tempfile.mkdtemp(prefix="lighttrack-faults-"))).resolve()
     env = {**os.environ, "LIGHTTRACK_RUNS": str(runs), "PYTHONWARNINGS": "ignore"}
-    command = [sys.executable, *SWEEP, *args.extra]
+    command = [sys.executable, *SWEEP, f"hydra.sweeper.max_trials={args.trials}", *args.extra]
     seen_complete: set[int] = set()
     started = time.perf_counter()
     print(f"runs root: {runs}\ncommand: {' '.join(command[1:])}")
@@ -78,8 +78,9 @@ def main() -> int:
                                 start_new_session=True)
         try:
             proc.wait(timeout=wait)
-            print(f"round {rounds}: the sweep finished before its kill ({wait:.1f} s); the study is complete, "
-                  f"so later rounds only resume it")
+            print(f"round {rounds}: the sweep finished before its kill ({wait:.1f} s): the study is complete; "
+                  f"{kills} kills landed (more: --trials or a shorter --max-wait)")
+            break
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()

@@ -126,6 +126,24 @@ def test_head_fidelity_trains_only_the_head_on_the_cached_trunk(workspace, tmp_p
 
 
 
+def test_a_fixed_feature_seed_gives_every_seed_the_same_pairs(workspace, tmp_path):
+    """trainer.feature_seed fixes the cached pairs: seed repeats share them (one features file), while without it
+    each trainer.seed draws its own; the head's initialisation still follows trainer.seed."""
+    count = lambda: len(list((workspace / "runs" / "features").glob("train-*.pt")))  # noqa: E731
+    base = ("head=dsconv", "head.channels=8", "trainer.fidelity=head", "trainer.epochs=1")
+    Trial(_cfg(workspace, *base, "trainer.feature_seed=5"), tmp_path / "f1", progress=False).train()
+    before = count()
+    heads = [Trial(_cfg(workspace, *base, "trainer.feature_seed=5", f"trainer.seed={s}"), tmp_path / f"f{s}",
+                   progress=False).build_model().head.state_dict() for s in (11, 12)]
+    for s in (11, 12):
+        Trial(_cfg(workspace, *base, "trainer.feature_seed=5", f"trainer.seed={s}"), tmp_path / f"g{s}",
+              progress=False).train()
+    assert count() == before
+    assert any(not torch.equal(a, heads[1][k]) for k, a in heads[0].items() if a.is_floating_point())
+    Trial(_cfg(workspace, *base, "trainer.seed=13"), tmp_path / "h13", progress=False).train()
+    assert count() == before + 1
+
+
 def test_a_new_model_version_rebuilds_the_trunk_and_its_features(workspace, tmp_path, monkeypatch):
     import tracker.cache
 

@@ -67,14 +67,15 @@ def trunk_features(trial: Trial, model: StarkLightning, trunk: str, split: str, 
     from .train import trial_data
 
     t = trial.t
-    key = config_key(pairs_key(trial_data(trial.cfg), split), trunk, split, pairs, t.seed, MODEL_VERSION)
+    seed = t.seed if t.feature_seed is None else t.feature_seed
+    key = config_key(pairs_key(trial_data(trial.cfg), split), trunk, split, pairs, seed, MODEL_VERSION)
     path = runs_root() / "features" / f"{split}-{key}.pt"
     with file_lock(path.with_suffix(".lock")):
         if path.is_file():
             features, target = torch.load(path, weights_only=True)
             return TensorDataset(features, target)
         log.info("trunk features (%s, %d pairs): none cached under key %s, computing them once", split, pairs, key)
-        loader = trial.pair_loader(split, pairs, t.seed + (0 if split == "train" else 7919))
+        loader = trial.pair_loader(split, pairs, seed + (0 if split == "train" else 7919))
         model.eval()
         chunks, targets = [], []
         with torch.no_grad():

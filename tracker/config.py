@@ -199,6 +199,9 @@ class TrainerConf(TrainingRecipe):
     frozen_bn: bool = True  # STARK freezes the (ImageNet-pretrained) backbone's BN; from scratch it must train
     deterministic: bool = False  # training runs PyTorch's deterministic kernels only (an op without one fails)
     head_feature_pairs: int = 0  # head fidelity: cached trunk features for this many pairs (0: one epoch's worth)
+    # head fidelity: the seed that draws the cached pairs (null: trainer.seed). Fixed, every head and every seed
+    # trains on the same pairs, so seed repeats differ in head init and batch order alone (a paired design)
+    feature_seed: Optional[int] = None
     report_every: int = 1  # epochs between calls of the epoch callback (a sweep's pruner reports; 0: never)
 
     def __post_init__(self) -> None:
