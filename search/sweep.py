@@ -7,6 +7,8 @@ conf/sweep.yaml selects LightTrack's sweeper (hydra_plugins/lighttrack_sweeper) 
   python -m search.sweep -m head=choice(dsconv,mbconv) head.num_blocks=range(2,5)   # reshape the space
   python -m search.sweep -m hydra/sweeper=auc_budget hydra.sweeper.budget.head_macs=4e6   # prune on val IoU
   python -m search.sweep -m hydra/launcher=joblib hydra.launcher.n_jobs=2             # parallel local trials
+  python -m search.sweep -m hydra/launcher=submitit_slurm hydra.sweeper.n_jobs=8 hydra.launcher.gpus_per_node=1
+                                            # each batch of 8 trials a SLURM job array (pip install -e '.[slurm]')
 Each trial's run lives in runs/sweeps/<study>/trials/<number>/; the study in runs/sweeps/<study>/journal.log.
 """
 from __future__ import annotations

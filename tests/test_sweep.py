@@ -32,6 +32,11 @@ def fake_task(cfg):
         import signal
 
         os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get("FAKE_PREEMPT") == head["activation"] and not (run_dir / "preempted").exists():
+        import signal  # as SLURM warns a job it preempts (tests/test_submitit.py): submitit requeues it, once here
+
+        (run_dir / "preempted").write_text("once")
+        os.kill(os.getpid(), signal.SIGUSR2)
     quality = 0.3 + 0.4 * head["channels"] / 128 + 0.05 * head["num_blocks"] / 6 + 0.001 * (cfg.trainer.seed % 7)
     reporter = epoch_reporter("val_iou")
     for epoch in (1, 2, 3):

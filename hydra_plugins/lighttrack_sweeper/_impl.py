@@ -2,14 +2,14 @@
 
 Each asked trial is composed and costed before it trains: a config that fails validation fails untrained,
 one over the budget is pruned untrained, one whose resolved config matches an earlier trial is settled with
-that trial's result. The rest are launched; what each job returns is checked against the objectives.
+that trial's result. The rest are launched (launch.py: a submitit job that ended without a result fails its trial
+alone); what each job returns is checked against the objectives.
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
-import os
 import time
 import traceback
 import warnings
@@ -39,6 +39,7 @@ from tracker.io import atomic_write_text, stable_hash
 from tracker.version import MODEL_VERSION
 
 from .jobs import INTERMEDIATE_FIDELITIES, INTERMEDIATE_KEY
+from .launch import batch_size, is_submitit, launch
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -99,12 +100,27 @@ class TimedTask:
         except optuna.TrialPruned as e:
             return Outcome(error=str(e) or "pruned", pruned=True, seconds=time.perf_counter() - start)
         except SystemExit as e:  # a trial that exits ends itself, not the sweep (KeyboardInterrupt still stops it)
+            if _requeued_by_submitit(e):  # preempted (or timed out with requeues left): the job runs again
+                raise
             return Outcome(error=f"SystemExit: the trial called sys.exit({e.code!r})", traceback=traceback.format_exc(),
                            seconds=time.perf_counter() - start)
         except Exception as e:  # a failed trial, recorded; the sweep goes on
             return Outcome(error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(),
                            seconds=time.perf_counter() - start)
         return Outcome(value=value, seconds=time.perf_counter() - start)
+
+
+def _requeued_by_submitit(e: SystemExit) -> bool:
+    """Whether submitit's signal handler raised it: SLURM warned the job (SIGUSR2) that it is preempted, or at its
+    time limit with requeues left (hydra.launcher.max_num_timeout), and submitit requeued it; the job's process must
+    exit without a result so that the requeued job runs the trial again (resuming from its checkpoint) and its
+    result is the one the sweeper reads. A trial's own sys.exit never passes through submitit's code."""
+    tb = e.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_globals.get("__name__", "").startswith("submitit."):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 class AskTellGridSampler(optuna.samplers.GridSampler):
@@ -255,9 +271,18 @@ class SweeperImpl:
             raise SweepConfigError(f"hydra.sweeper.budget={self.budget} needs hydra.sweeper.cost (a callable that "
                                    "returns the cost figures the budget names)")
         self.location = storage_location(self.storage, config.hydra.sweep.dir)
+        self.batch_from = "hydra.sweeper.n_jobs"
         if self.n_jobs is None:
-            jobs = config.hydra.launcher.get("n_jobs", 1) or 1
-            self.n_jobs = (os.cpu_count() or 1) if jobs < 0 else int(jobs)
+            self.n_jobs, self.batch_from = batch_size(config.hydra.launcher)
+        parallel = config.hydra.launcher.get("array_parallelism", None)
+        if self.batch_from == "hydra.launcher.array_parallelism" and parallel == 256:
+            log.warning("hydra.sweeper.n_jobs is null: batches of 256 trials (submitit's default "
+                        "hydra.launcher.array_parallelism), all asked before any of them returns, so the sampler "
+                        "learns nothing until the first batch ends; set hydra.sweeper.n_jobs=K (the trials to run at "
+                        "once)")
+        elif parallel is not None and self.n_jobs > parallel:
+            log.warning("hydra.sweeper.n_jobs=%d > hydra.launcher.array_parallelism=%d: SLURM runs %d trials of each "
+                        "batch at once and the rest wait in its queue", self.n_jobs, parallel, parallel)
         self.job_idx = 0
 
     def _connect(self) -> Any:
@@ -436,6 +461,8 @@ class SweeperImpl:
                  [d.name for d in space.dimensions])
         log.info("watch it live: optuna-dashboard %s  (or: optuna trials --study-name %s --storage %s)",
                  self.location, self.study_name, self.location)
+        log.info("trials launch in batches of %d (%s) through %s", self.n_jobs, self.batch_from,
+                 type(self.launcher).__name__ + (" (a job array per batch)" if is_submitit(self.launcher) else ""))
         self.states: Counter = Counter()
         self.launched = 0
         self.storage_object = storage
@@ -734,8 +761,9 @@ class SweeperImpl:
         if not batch:
             return
         overrides = [j.overrides + [f"hydra.sweeper.trial={j.trial.number}"] for j in batch]
-        try:
-            returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+        try:  # a submitit job that ended without a result fails its own trial (launch.py), not the batch
+            returns = launch(self.launcher, overrides, self.job_idx,
+                             failed=lambda reason, details: Outcome(error=reason, traceback=details))
         except KeyboardInterrupt:
             for j in batch:
                 self._tell(study, j.trial, j.params, j.role, TrialState.FAIL, j.started, reason="interrupted")
@@ -752,7 +780,7 @@ class SweeperImpl:
 
     def _finish(self, study: optuna.Study, job: Job, ret: Any) -> None:
         try:
-            outcome = ret.return_value
+            outcome = ret if isinstance(ret, Outcome) else ret.return_value
         except Exception as e:
             outcome = Outcome(error=f"{type(e).__name__}: {e}")
         if not isinstance(outcome, Outcome):
@@ -767,7 +795,7 @@ class SweeperImpl:
         if outcome.error is not None:
             state = TrialState.PRUNED if outcome.pruned else TrialState.FAIL
             self._tell(study, trial, job.params, job.role, state, job.started, reason=outcome.error,
-                       seconds=outcome.seconds)
+                       seconds=outcome.seconds or None)  # a job with no result: the time since its ask
             return
         figures = returned_figures(outcome.value)
         metrics = scalar_metrics(figures)

@@ -137,7 +137,9 @@ class LightTrackSweeperConf:
     heartbeat_interval: Optional[int] = None
     grace_period: Optional[int] = None
     retry_failed: int = 1
-    n_jobs: Optional[int] = None  # trials per launched batch; null: the launcher's n_jobs (1 for basic)
+    # trials per launched batch (all asked before any of them returns); null: the launcher's n_jobs (joblib), else its
+    # array_parallelism (submitit_slurm), else 1 (basic, submitit_local)
+    n_jobs: Optional[int] = None
     seed: int = 0
     # a callable(job config) -> cost figures, run before training (rejects bad configs, feeds budget and dedup)
     cost: Any = None
