@@ -18,6 +18,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -100,6 +101,15 @@ class PostgresServer:
             conf.write(f"\nlisten_addresses = ''\nunix_socket_directories = '{self.root}'\n"
                        "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 200\n")
         self.started = True  # from here on, stop() is attempted whatever happens
+        self._check(self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "start"),
+                    "pg_ctl start")
+
+    def restart(self, pause: float = 0) -> None:
+        """A restart, as an administrator's or a crash recovery's: the server stops (fast shutdown: every session is
+        ended, its clients told so), stays down `pause` seconds, and starts again on the same data."""
+        self._check(self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop", timeout=90),
+                    "pg_ctl stop")
+        time.sleep(pause)
         self._check(self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "start"),
                     "pg_ctl start")
 

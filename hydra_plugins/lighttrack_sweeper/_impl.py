@@ -31,8 +31,9 @@ from search.objectives import (ObjectiveError, non_dominated, objective_entries,
                                parse_objectives, returned_figures, scalar_metrics)
 from search.record import Stage, StudyAttr, TrialAttr, arch_key, reason_attr
 from search.space import Space, build_space, format_value, merge_overrides
-from search.study import (Beating, StorageError, fail_orphans, fail_stale_trials, heartbeat, is_lockable,
-                          open_storage, owner_attrs, retried, retry_of, storage_location, study_lock)
+from search.study import (DB_RETRY_SECONDS, Beating, StorageError, fail_orphans, fail_stale_trials, heartbeat,
+                          is_lockable, open_storage, owner_attrs, recently_disconnected, retried, retry_of,
+                          storage_location, study_lock)
 from tracker.config import (config_differences, job_config, recipe_identity, without_settings_of_no_effect,
                             without_unused_int8_settings)
 from tracker.io import atomic_write_text, stable_hash
@@ -196,7 +197,7 @@ class SweeperImpl:
                  cost: Any, budget: Any, enqueue: Any, max_settled: int = 200, trial: Optional[int] = None,
                  confirm: Any = None, dry_run: bool = False, int8: bool = False, count_failed: bool = False,
                  max_failures: int = 5, heartbeat_interval: Optional[int] = None, grace_period: Optional[int] = None,
-                 retry_failed: int = 1) -> None:
+                 retry_failed: int = 1, db_retry_seconds: float = DB_RETRY_SECONDS) -> None:
         self.dry_run, self.int8 = dry_run, int8
         self.count_failed, self.max_failures = count_failed, max_failures
         self.failed_in_a_row = 0
@@ -246,6 +247,12 @@ class SweeperImpl:
                                    f"hydra.sweeper.heartbeat_interval={heartbeat_interval}: null (2 x the interval) "
                                    "or an integer > the interval (a live trial beats once per interval, and would be "
                                    "failed between two beats)")
+        if isinstance(db_retry_seconds, bool) or not isinstance(db_retry_seconds, (int, float)) or \
+                not math.isfinite(db_retry_seconds) or db_retry_seconds < 0:
+            raise SweepConfigError(f"hydra.sweeper.db_retry_seconds={db_retry_seconds!r} is not allowed: a number of "
+                                   "seconds >= 0 (how long a storage call is retried while the database is "
+                                   "unreachable; 0: no retry)")
+        self.db_retry = float(db_retry_seconds)
         self.heartbeat = heartbeat(heartbeat_interval, grace_period, retry_failed)
         self.beating: Optional[Beating] = None
         if n_trials is None and max_trials is None:
@@ -288,7 +295,7 @@ class SweeperImpl:
     def _connect(self) -> Any:
         """The storage, opened before anything else: one that cannot be is a config error, not a traceback."""
         try:
-            return open_storage(self.location, self.heartbeat)
+            return open_storage(self.location, self.heartbeat, self.db_retry)
         except StorageError as e:
             value = "null" if self.storage is None else repr(self.storage)
             where = "" if self.location == self.storage else f" (the journal file {self.location})"
@@ -381,6 +388,11 @@ class SweeperImpl:
         host) and re-enqueues them (hydra.sweeper.retry_failed)."""
         if self.heartbeat is None:
             return
+        if recently_disconnected(self.location, self.heartbeat.grace):
+            # every process lost the database too, and their trials did not beat meanwhile: they beat again within an
+            # interval of its return, so none is judged until a grace period after it
+            log.debug("the database was out less than %d s ago: no trial is judged stale yet", self.heartbeat.grace)
+            return
         stale = fail_stale_trials(study, storage, held=self.beating.held if self.beating is not None else ())
         if stale:
             log.warning("trials %s were RUNNING in a sweep process that stopped beating (no heartbeat for more than "
@@ -453,7 +465,7 @@ class SweeperImpl:
         atomic_write_text(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(self.config))
         fixed = self._compose(space.fixed)
         self._warn_if_never_pruned(space, fixed)
-        with study_lock(self.location):
+        with study_lock(self.location, self.db_retry):
             study = self._open_study(space, storage, fixed)
             self._enqueue_references(study, space)
         log.info("study %r in %s: %d trial(s) so far; objectives %s; dimensions %s", self.study_name, self.location,
@@ -548,9 +560,15 @@ class SweeperImpl:
                     log.error("stopping: the last %d trials failed (hydra.sweeper.max_failures=%d); their reasons are "
                               "in the study and each trial's error.txt", self.failed_in_a_row, self.max_failures)
                     break
-                with study_lock(self.location):
-                    self._fail_stale(study, self.storage_object)
-                    if not room(study):
+                with study_lock(self.location, self.db_retry) as lock:
+                    while True:  # the checks, then the ask, under the lock throughout
+                        losses = lock.losses
+                        self._fail_stale(study, self.storage_object)
+                        has_room = room(study)
+                        if lock.intact_since(losses):
+                            break
+                        log.warning("the study lock was lost while this process checked the study: checking again")
+                    if not has_room:
                         break
                     trial = study.ask()
                     if self.beating is not None:  # it beats from its ask to its tell

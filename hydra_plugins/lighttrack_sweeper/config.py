@@ -137,6 +137,11 @@ class LightTrackSweeperConf:
     heartbeat_interval: Optional[int] = None
     grace_period: Optional[int] = None
     retry_failed: int = 1
+    # a database storage (hydra.sweeper.storage=postgresql+psycopg://...) whose connection drops (a server restart, a
+    # network outage): each storage call is retried for up to db_retry_seconds before the sweep process gives up
+    # (0: no retry, the process dies at the first lost connection); with heartbeats, keep grace_period above the
+    # outages to survive (a trial beats again once the database is back)
+    db_retry_seconds: float = 60.0
     # trials per launched batch (all asked before any of them returns); null: the launcher's n_jobs (joblib), else its
     # array_parallelism (submitit_slurm), else 1 (basic, submitit_local)
     n_jobs: Optional[int] = None

@@ -19,15 +19,17 @@ INTERMEDIATE_KEY = "val_iou"
 INTERMEDIATE_FIDELITIES = ("head",)
 
 
-def load(location: str, study_name: str, pruner: Any = None, heartbeat: Any = None) -> tuple[optuna.Study, Any]:
+def load(location: str, study_name: str, pruner: Any = None, heartbeat: Any = None,
+         db_retry_seconds: float = 0) -> tuple[optuna.Study, Any]:
     """(study, storage) for a job; a random sampler, since a job only reports and asks the pruner (it never
-    samples). `heartbeat`: the sweeper's heartbeat settings (search.study.Heartbeat), so that a job in the sweep
-    process gets the sweeper's storage object (a job never beats: its sweep process beats for it)."""
+    samples). `heartbeat` and `db_retry_seconds`: the sweeper's settings (search.study.Heartbeat,
+    hydra.sweeper.db_retry_seconds), so that a job in the sweep process gets the sweeper's storage object (a job
+    never beats: its sweep process beats for it), and a job elsewhere retries as the sweeper does."""
     import optuna
 
     from search.study import open_storage
 
-    storage = open_storage(location, heartbeat)
+    storage = open_storage(location, heartbeat, db_retry_seconds)
     study = optuna.load_study(study_name=study_name, storage=storage, pruner=pruner,
                               sampler=optuna.samplers.RandomSampler())
     return study, storage
@@ -54,7 +56,8 @@ def current_trial() -> Optional[optuna.Trial]:
 
     location = storage_location(sweeper.storage, hydra_cfg.sweep.dir)
     beats = heartbeat(sweeper.get("heartbeat_interval"), sweeper.get("grace_period"), sweeper.get("retry_failed", 1))
-    study, storage = load(location, sweeper.study_name, pruner=instantiate(sweeper.pruner), heartbeat=beats)
+    study, storage = load(location, sweeper.study_name, pruner=instantiate(sweeper.pruner), heartbeat=beats,
+                          db_retry_seconds=sweeper.get("db_retry_seconds", 0) or 0)
     return optuna.Trial(study, trial_id(storage, study.study_name, int(number)))
 
 
