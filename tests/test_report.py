@@ -464,3 +464,16 @@ def test_int8_drops_get_intervals_and_the_activation_question_an_answer(tmp_path
     assert "## INT8 (post-training static quantisation, ONNX Runtime)" in summary
     assert "`dsconv x2 w64 relu6 k3 f1 no-bn` **quantises better than ReLU**" in summary
     assert "`repvgg x2 w128 relu6 k3 f3` **no measurable difference from ReLU**" in summary
+
+
+def test_a_costlier_head_is_said_to_cost_more_not_fewer():
+    """A front member with more MACs than the baseline reads '1.5x more MACs', never '0.7x fewer MACs'."""
+    import pandas as pd
+
+    from search.report.export import _claim
+
+    row = pd.Series({"label": "repvgg x5 w96", "verdict": "worse", "macs_x_fewer": 1 / 1.5, "params_x_fewer": 4.0,
+                     "auc_diff": 3.4, "auc_diff_ci_low": -4.1, "auc_diff_ci_high": 11.0, "p_improvement": 0.83,
+                     "n_seeds": 3})
+    text = _claim(row)
+    assert "1.5x more MACs" in text and "4.0x fewer parameters" in text and "fewer MACs" not in text

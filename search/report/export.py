@@ -76,12 +76,19 @@ def trial_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[first + rest]
 
 
+def _times(fewer: float, what: str) -> str:
+    """A cost ratio to the baseline in words that never say "0.7x fewer"."""
+    if not _finite(fewer):
+        return f"{what}: n/a"
+    return f"{fewer:.1f}x fewer {what}" if fewer >= 1 else f"{1 / fewer:.1f}x more {what}"
+
+
 def _claim(row: pd.Series) -> str:
     """One sentence in the verdict's words."""
     words = Verdict.WORDS.get(row.get("verdict"), "not compared (no baseline)")
     parts = [f"`{row['label']}` is **{words}**"]
     if _finite(row.get("macs_x_fewer")):
-        parts.append(f"{row['macs_x_fewer']:.1f}x fewer MACs, {row['params_x_fewer']:.1f}x fewer parameters")
+        parts.append(f"{_times(row['macs_x_fewer'], 'MACs')}, {_times(row['params_x_fewer'], 'parameters')}")
     if _finite(row.get("auc_diff")):
         parts.append(f"AUC difference {fmt(row['auc_diff'], 1, True)} "
                      f"{fmt_interval(row['auc_diff_ci_low'], row['auc_diff_ci_high'], 1, True)}, "
