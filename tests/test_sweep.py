@@ -24,6 +24,9 @@ def fake_task(cfg):
     head = OmegaConf.to_container(cfg.head, resolve=True, enum_to_str=True)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     (run_dir / "ran").write_text("trained")
+    import torch
+
+    (run_dir / "threads").write_text(str(torch.get_num_threads()))
     if os.environ.get("FAKE_FAIL") in ("all", head["activation"]):
         raise RuntimeError(f"fake failure for activation {head['activation']}")
     if os.environ.get("FAKE_EXIT") == head["activation"]:
@@ -420,6 +423,19 @@ def test_joblib_launcher_runs_trials_in_parallel_workers(tmp_path):
     study = load(tmp_path / "s")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
     assert all((Path(t.user_attrs["run_dir"]) / "ran").is_file() for t in study.trials)
+    # two trials at once share the cores: n_jobs x threads <= cores
+    threads = {int((Path(t.user_attrs["run_dir"]) / "threads").read_text()) for t in study.trials}
+    assert threads == {max(1, (os.cpu_count() or 1) // 2)}
+
+
+def test_threads_per_job_keep_parallel_local_trials_within_the_cores():
+    from hydra_plugins.lighttrack_sweeper._impl import threads_per_job
+
+    joblib = {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"}
+    assert threads_per_job(joblib, 2, cores=16) == 8 and threads_per_job(joblib, 4, cores=2) == 1
+    assert threads_per_job(joblib, 1, cores=16) is None  # one trial at a time: torch's default
+    slurm = {"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"}
+    assert threads_per_job(slurm, 8, cores=2) is None  # its jobs run on other machines' CPUs
 
 
 def test_any_optuna_storage_url_and_objectives_fixed_per_study(tmp_path):

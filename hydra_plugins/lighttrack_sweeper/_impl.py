@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 import traceback
 import warnings
@@ -89,13 +90,19 @@ class Outcome:
 
 
 class TimedTask:
-    """Wraps the task function so every job reports its own wall time and its error as text."""
+    """Wraps the task function so every job reports its own wall time and its error as text, and runs with
+    `threads` torch threads when set (parallel local jobs share the cores instead of oversubscribing them)."""
 
-    def __init__(self, task_function: TaskFunction):
+    def __init__(self, task_function: TaskFunction, threads: Optional[int] = None):
         self.task_function = task_function
+        self.threads = threads
 
     def __call__(self, cfg: DictConfig) -> Outcome:
         start = time.perf_counter()
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
         try:
             value = self.task_function(cfg)
         except optuna.TrialPruned as e:
@@ -109,6 +116,15 @@ class TimedTask:
             return Outcome(error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(),
                            seconds=time.perf_counter() - start)
         return Outcome(value=value, seconds=time.perf_counter() - start)
+
+
+def threads_per_job(launcher: Any, n_jobs: int, cores: Optional[int] = None) -> Optional[int]:
+    """Torch threads for each of `n_jobs` trials that a local parallel launcher (joblib) runs at once on this
+    machine's cores: n_jobs x threads <= cores (at least 1). None (torch's default) for launchers that run one trial
+    at a time here or send trials to other machines (submitit: SLURM gives each job its own CPUs)."""
+    if n_jobs <= 1 or "joblib" not in str(launcher.get("_target_", "")).lower():
+        return None
+    return max(1, (cores or os.cpu_count() or 1) // n_jobs)
 
 
 def _requeued_by_submitit(e: SystemExit) -> bool:
@@ -271,8 +287,6 @@ class SweeperImpl:
     # -- set-up --------------------------------------------------------------------------------------------
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.hydra_context, self.config = hydra_context, config
-        self.launcher = Plugins.instance().instantiate_launcher(
-            hydra_context=hydra_context, task_function=TimedTask(task_function), config=config)
         self.cost_fn: Optional[Callable[[DictConfig], dict]] = instantiate(self.cost_cfg) if self.cost_cfg else None
         if self.budget and self.cost_fn is None:
             raise SweepConfigError(f"hydra.sweeper.budget={self.budget} needs hydra.sweeper.cost (a callable that "
@@ -290,6 +304,12 @@ class SweeperImpl:
         elif parallel is not None and self.n_jobs > parallel:
             log.warning("hydra.sweeper.n_jobs=%d > hydra.launcher.array_parallelism=%d: SLURM runs %d trials of each "
                         "batch at once and the rest wait in its queue", self.n_jobs, parallel, parallel)
+        threads = threads_per_job(config.hydra.launcher, self.n_jobs)
+        if threads:
+            log.info("%d trials at once on %d cores: %d torch thread(s) each", self.n_jobs, os.cpu_count() or 1,
+                     threads)
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=TimedTask(task_function, threads), config=config)
         self.job_idx = 0
 
     def _connect(self) -> Any:
