@@ -90,12 +90,13 @@ def test_int8_auc_drop_is_measured_on_the_same_sequences(evaluated):
 def test_int8_boxes_stay_close_to_fp32(evaluated, workspace):
     """Boxes are normalised (the search crop is 1: 128 px here; one feature cell, 16 px, is 0.125). INT8 moves a
     box through the rounding of ~20 layers' activations (one step: 1/255 of each calibrated range) and the
-    soft-argmax over the score maps. Measured on this CPU: 0.015 on the fixed input (random noise, outside the
-    calibrated ranges, so clipped), on 16 training crops other than the calibration's a mean of 0.0034 and a
-    largest of 0.014 (0.024 the largest seen over 30 crops). Bound: 0.04 (5 px, a third of a cell) per box, 0.01
-    on average: 2-3x room for another CPU's integer kernels, and a broken quantisation (wrong ranges, a wrong
+    soft-argmax over the score maps. Measured on this CPU with the shipped GPU-trained trunk: 0.018 on the fixed
+    input (random noise, outside the calibrated ranges, so clipped), on 16 training crops other than the
+    calibration's a mean of 0.0092 and a largest of 0.045 (the earlier, shorter-trained trunk: 0.015, 0.0034,
+    0.014: the longer-trained one quantises less tightly). Bound: 0.08 (10 px, under a cell) per box, 0.02 on
+    average: about 2x room for another CPU's integer kernels, and a broken quantisation (wrong ranges, a wrong
     scale) moves boxes by tenths. The FP32 boxes vary across these crops by a standard deviation over 0.05
-    (0.054 the least, of one coordinate), so the model is not a near-constant the INT8 graphs could match by
+    (0.079 the least, of one coordinate), so the model is not a near-constant the INT8 graphs could match by
     chance."""
     out, _, cfg = evaluated
     fp32, int8 = OnnxTracker(out / "onnx"), OnnxTracker(out / "int8")
@@ -112,8 +113,8 @@ def test_int8_boxes_stay_close_to_fp32(evaluated, workspace):
     b = torch.cat([boxes(int8, *p) for p in pairs])
     print(f"INT8 - FP32 boxes: fixed input {diff:.4f}, training crops mean {(a - b).abs().mean():.4f} "
           f"max {(a - b).abs().max():.4f}; FP32 spread {a.std(0).min():.3f}")
-    assert diff < 0.04
-    assert (a - b).abs().max() < 0.04 and (a - b).abs().mean() < 0.01
+    assert diff < 0.08
+    assert (a - b).abs().max() < 0.08 and (a - b).abs().mean() < 0.02
     assert a.std(0).min() > 0.03
 
 
@@ -154,7 +155,7 @@ def test_scope_head_quantises_only_the_heads_nodes(evaluated, workspace):
     fp32, head = (g.track(x["search_image"], x["search_mask"],
                           g.encode_template(x["template_image"], x["template_mask"]))["boxes"]
                   for g in (OnnxTracker(out / "onnx"), result.tracker()))
-    assert (head - fp32).abs().max() < 0.04  # it runs, near the FP32 boxes (tolerance: the test above)
+    assert (head - fp32).abs().max() < 0.08  # it runs, near the FP32 boxes (tolerance: the test above)
 
 
 @pytest.mark.parametrize("override, message", [
