@@ -149,3 +149,20 @@ def postgres_server() -> Iterator[PostgresServer]:
 def postgres_url(postgres_server: PostgresServer) -> str:
     """An empty database of its own on the session's server (left for the server's removal at the end)."""
     return postgres_server.create_database()
+
+
+def advisory_lock_is_free(url: str) -> bool:
+    """Whether another session can take the sweeper's advisory lock on the database at `url` (it lets it go again)."""
+    import sqlalchemy
+
+    from search.study import _ADVISORY_KEY
+
+    other = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with other.connect() as conn:
+            taken = conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({_ADVISORY_KEY})").scalar()
+            if taken:
+                conn.exec_driver_sql(f"SELECT pg_advisory_unlock({_ADVISORY_KEY})")
+            return bool(taken)
+    finally:
+        other.dispose()

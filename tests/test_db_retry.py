@@ -223,20 +223,12 @@ def test_db_retry_seconds_is_checked_before_any_trial():
 def test_storage_calls_and_the_study_lock_survive_a_postgres_restart(postgres_server, postgres_url, caplog):
     """Storage calls made while the server is down wait for it; the advisory lock, lost with its connection, is taken
     again before the next storage call of the step that held it, and `intact_since` says it was lost."""
-    from search.study import _ADVISORY_KEY
-
     caplog.set_level(logging.WARNING, logger="search.study")
     storage = open_storage(postgres_url, retry_seconds=30)
     study = optuna.create_study(study_name="s", storage=storage)
     study.enqueue_trial({"x": 1})
-    other = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.pool.NullPool)
-
     def free() -> bool:  # another session tries the lock (and lets it go again)
-        with other.connect() as conn:
-            taken = conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({_ADVISORY_KEY})").scalar()
-            if taken:
-                conn.exec_driver_sql(f"SELECT pg_advisory_unlock({_ADVISORY_KEY})")
-            return taken
+        return pg.advisory_lock_is_free(postgres_url)
 
     restart = threading.Thread(target=postgres_server.restart, args=(2,))
     restart.start()

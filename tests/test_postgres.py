@@ -11,7 +11,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from postgres_server import postgres_server, postgres_url  # noqa: F401  (fixtures)
+from postgres_server import advisory_lock_is_free, postgres_server, postgres_url  # noqa: F401  (fixtures)
 from test_sweep import BASE, ROOT
 
 APP = Path(__file__).resolve().parent / "test_sweep.py"
@@ -104,18 +104,10 @@ def test_four_workers_share_one_study_in_an_empty_database(postgres_url, tmp_pat
 def test_the_study_lock_is_the_databases(postgres_url):
     """On PostgreSQL the sweeper's check-then-write steps (enqueueing the references, asking a trial) hold an
     advisory lock of the database: a process on another machine cannot take it meanwhile, and it is free after."""
-    import sqlalchemy
-
-    from search.study import _ADVISORY_KEY, study_lock
-
-    other = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.pool.NullPool)
+    from search.study import study_lock
 
     def free() -> bool:  # another session tries the lock (and lets it go again)
-        with other.connect() as conn:
-            taken = conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({_ADVISORY_KEY})").scalar()
-            if taken:
-                conn.exec_driver_sql(f"SELECT pg_advisory_unlock({_ADVISORY_KEY})")
-            return taken
+        return advisory_lock_is_free(postgres_url)
 
     assert free()
     with study_lock(postgres_url):
