@@ -2,10 +2,12 @@
 report_every and deterministic, cache keys free of fields without effect, validation before anything is written."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -186,6 +188,8 @@ def test_static_tracker_and_clipping(workspace):
     sequence = build_reader(_cfg(workspace).data).sequence(build_reader(_cfg(workspace).data).sequence_names()[0])
     boxes = track_sequence(StaticBoxTracker(), sequence)
     assert (boxes == sequence.boxes[0]).all()
+    frameless = dataclasses.replace(sequence, frames=[Path("/nonexistent.jpg")] * len(sequence))
+    assert (track_sequence(StaticBoxTracker(), frameless) == boxes).all()  # no frame decoded: it never looks at one
     assert clip_box([-50.0, 5.0, 30.0, 20.0], height=100, width=200).tolist() == [0.0, 5.0, 10.0, 20.0]
     assert clip_box([195.0, 95.0, 30.0, 30.0], height=100, width=200).tolist() == [190.0, 90.0, 10.0, 10.0]
 

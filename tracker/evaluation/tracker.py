@@ -136,10 +136,12 @@ class OnnxStarkTracker(StarkTracker):
 
 
 class StaticBoxTracker:
-    """Returns the first box for every frame: the floor a learned tracker must clear."""
+    """Returns the first box for every frame: the floor a learned tracker must clear. It never looks at a frame,
+    so none is decoded for it (`reads_images`)."""
 
     name = "static"
     model_seconds = 0.0
+    reads_images = False
 
     def initialize(self, image, box: np.ndarray) -> None:
         self.box = np.asarray(box, dtype=np.float64)
@@ -152,9 +154,10 @@ def track_sequence(tracker: Tracker, sequence) -> np.ndarray:
     """Runs one sequence from the ground-truth box of frame 0; returns (N, 4) boxes, frame 0's being that box."""
     boxes = np.empty((len(sequence.frames), 4))
     boxes[0] = sequence.boxes[0]
-    tracker.initialize(sequence.image(0), sequence.boxes[0])
+    image = sequence.image if getattr(tracker, "reads_images", True) else (lambda i: None)
+    tracker.initialize(image(0), sequence.boxes[0])
     for i in range(1, len(sequence.frames)):
-        boxes[i] = tracker.update(sequence.image(i))
+        boxes[i] = tracker.update(image(i))
     return boxes
 
 
