@@ -25,9 +25,12 @@ test: $(DEV_STAMP)
 	$(PY) -m pytest -q -n auto --dist loadfile
 
 # the CPU preset: the two reference heads + 12 searched trials on the embedded synthetic data, then the front and
-# the references confirmed with 3 seeds each (resumes if rerun), then the report in runs/sweeps/synthetic_cpu/report/
+# the references confirmed with 3 seeds each (resumes if rerun), then the report in runs/sweeps/synthetic_cpu/report/.
+# SWEEP_WORKERS sweep processes share the study, one torch thread each on 2 cores (the second logs to
+# runs/sweeps/synthetic_cpu/workers/1.log)
+SWEEP_WORKERS ?= 2
 sweep: $(STAMP)
-	$(PY) -m search.sweep -m trainer=cpu
+	$(PY) -m search.sweep -m trainer=cpu hydra.sweeper.workers=$(SWEEP_WORKERS)
 	$(PY) -m search.report study=synthetic_cpu
 
 # train the CPU preset's baseline trunk once and ship it in assets/trunks/ (make sweep then starts from it);

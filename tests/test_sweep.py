@@ -27,6 +27,10 @@ def fake_task(cfg):
     import torch
 
     (run_dir / "threads").write_text(str(torch.get_num_threads()))
+    if os.environ.get("FAKE_SLEEP"):  # a trial that takes a while: parallel workers each get some
+        import time
+
+        time.sleep(float(os.environ["FAKE_SLEEP"]))
     if os.environ.get("FAKE_FAIL") in ("all", head["activation"]):
         raise RuntimeError(f"fake failure for activation {head['activation']}")
     if os.environ.get("FAKE_EXIT") == head["activation"]:
@@ -428,6 +432,43 @@ def test_joblib_launcher_runs_trials_in_parallel_workers(tmp_path):
     assert threads == {max(1, (os.cpu_count() or 1) // 2)}
 
 
+def test_workers_share_the_study_asynchronously_and_split_the_cores(tmp_path):
+    ok(sweep(tmp_path / "s", "hydra.sweeper.workers=2", "hydra.sweeper.max_trials=6", "hydra.sweeper.confirm.seeds=2",
+             "hydra.sweeper.confirm.front=1", env={"FAKE_SLEEP": "1.5"}))
+    study = load(tmp_path / "s")
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
+    search = [t for t in trained(study) if t.user_attrs.get("stage") != "confirm"]
+    assert len(search) == 6  # the budget exactly, though two processes asked
+    seeds = Counter((repr(sorted(t.user_attrs["head"].items())), t.user_attrs["seed"]) for t in trained(study))
+    assert max(seeds.values()) == 1  # no architecture trained twice with one seed
+    roles = Counter(t.user_attrs.get("role") for t in trained(study) if t.user_attrs.get("stage") != "confirm")
+    assert roles["baseline"] == 1 and roles["user_head"] == 1
+    assert len({t.user_attrs["pid"] for t in trained(study)}) == 2  # the worker it started trained some
+    threads = {int((Path(t.user_attrs["run_dir"]) / "threads").read_text()) for t in trained(study)}
+    assert threads == {max(1, (os.cpu_count() or 1) // 2)}
+    assert (tmp_path / "s" / "workers" / "1.log").is_file()
+
+
+def test_an_interrupted_sweep_stops_the_workers_it_started(tmp_path):
+    import re
+    import signal
+    import time
+
+    proc = sweep(tmp_path / "s", "hydra.sweeper.workers=2", "hydra.sweeper.max_trials=20", env={"FAKE_SLEEP": "5"},
+                 background=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "more sweep worker" in line:
+            break
+    pid = int(re.search(r"pids \[(\d+)\]", lines[-1]).group(1))
+    time.sleep(8)  # both are inside a trial
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=120)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
 def test_threads_per_job_keep_parallel_local_trials_within_the_cores():
     from hydra_plugins.lighttrack_sweeper._impl import threads_per_job
 
@@ -436,6 +477,9 @@ def test_threads_per_job_keep_parallel_local_trials_within_the_cores():
     assert threads_per_job(joblib, 1, cores=16) is None  # one trial at a time: torch's default
     slurm = {"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"}
     assert threads_per_job(slurm, 8, cores=2) is None  # its jobs run on other machines' CPUs
+    basic = {"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}
+    assert threads_per_job(basic, 1, cores=2) is None and threads_per_job(basic, 1, cores=2, workers=2) == 1
+    assert threads_per_job(joblib, 2, cores=16, workers=2) == 4
 
 
 def test_any_optuna_storage_url_and_objectives_fixed_per_study(tmp_path):

@@ -42,6 +42,7 @@ from tracker.version import MODEL_VERSION
 
 from .jobs import INTERMEDIATE_FIDELITIES, INTERMEDIATE_KEY
 from .launch import batch_size, is_submitit, launch
+from .workers import Workers
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -118,13 +119,16 @@ class TimedTask:
         return Outcome(value=value, seconds=time.perf_counter() - start)
 
 
-def threads_per_job(launcher: Any, n_jobs: int, cores: Optional[int] = None) -> Optional[int]:
-    """Torch threads for each of `n_jobs` trials that a local parallel launcher (joblib) runs at once on this
-    machine's cores: n_jobs x threads <= cores (at least 1). None (torch's default) for launchers that run one trial
-    at a time here or send trials to other machines (submitit: SLURM gives each job its own CPUs)."""
-    if n_jobs <= 1 or "joblib" not in str(launcher.get("_target_", "")).lower():
+def threads_per_job(launcher: Any, n_jobs: int, cores: Optional[int] = None, workers: int = 1) -> Optional[int]:
+    """Torch threads for each trial when several run at once on this machine's cores: `workers` sweep processes
+    (hydra.sweeper.workers), each running `n_jobs` trials at once through a local parallel launcher (joblib) or one
+    at a time: trials x threads <= cores (at least 1). None (torch's default) when one trial runs at a time, or for
+    launchers that send trials to other machines (submitit: SLURM gives each job its own CPUs)."""
+    target = str(launcher.get("_target_", "")).lower()
+    if "submitit" in target:
         return None
-    return max(1, (cores or os.cpu_count() or 1) // n_jobs)
+    at_once = workers * (n_jobs if "joblib" in target else 1)
+    return max(1, (cores or os.cpu_count() or 1) // at_once) if at_once > 1 else None
 
 
 def _requeued_by_submitit(e: SystemExit) -> bool:
@@ -213,8 +217,9 @@ class SweeperImpl:
                  cost: Any, budget: Any, enqueue: Any, max_settled: int = 200, trial: Optional[int] = None,
                  confirm: Any = None, dry_run: bool = False, int8: bool = False, count_failed: bool = False,
                  max_failures: int = 5, heartbeat_interval: Optional[int] = None, grace_period: Optional[int] = None,
-                 retry_failed: int = 1, db_retry_seconds: float = DB_RETRY_SECONDS) -> None:
+                 retry_failed: int = 1, db_retry_seconds: float = DB_RETRY_SECONDS, workers: int = 1) -> None:
         self.dry_run, self.int8 = dry_run, int8
+        self.workers = workers
         self.count_failed, self.max_failures = count_failed, max_failures
         self.failed_in_a_row = 0
         self.sampler_cfg, self.pruner_cfg = sampler, pruner
@@ -243,7 +248,7 @@ class SweeperImpl:
                     isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "max_trials" else 1)):
                 raise SweepConfigError(f"hydra.sweeper.confirm.{name}={value!r} is not allowed: "
                                        + ("null or an integer >= 0" if name == "max_trials" else "an integer >= 1"))
-        for name in ("n_trials", "max_trials", "n_jobs", "max_settled", "max_failures"):
+        for name in ("n_trials", "max_trials", "n_jobs", "max_settled", "max_failures", "workers"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise SweepConfigError(f"hydra.sweeper.{name}={value} is not allowed: null or an integer >= 1")
@@ -304,10 +309,10 @@ class SweeperImpl:
         elif parallel is not None and self.n_jobs > parallel:
             log.warning("hydra.sweeper.n_jobs=%d > hydra.launcher.array_parallelism=%d: SLURM runs %d trials of each "
                         "batch at once and the rest wait in its queue", self.n_jobs, parallel, parallel)
-        threads = threads_per_job(config.hydra.launcher, self.n_jobs)
+        threads = threads_per_job(config.hydra.launcher, self.n_jobs, workers=self.workers)
         if threads:
-            log.info("%d trials at once on %d cores: %d torch thread(s) each", self.n_jobs, os.cpu_count() or 1,
-                     threads)
+            log.info("%d trial(s) at once in each of %d sweep process(es) on %d cores: %d torch thread(s) each",
+                     self.n_jobs, self.workers, os.cpu_count() or 1, threads)
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=TimedTask(task_function, threads), config=config)
         self.job_idx = 0
@@ -502,10 +507,15 @@ class SweeperImpl:
             self.beating = Beating(storage, self.heartbeat.interval)
             log.info("heartbeats every %d s: a trial with none for %d s is failed and re-enqueued (at most %d "
                      "time(s))", self.heartbeat.interval, self.heartbeat.grace, self.heartbeat.retry)
+        workers = Workers(self.workers, sweep_dir)  # the references are in the study: they start on it as it is
         try:
             self._loop(study, space, self._room)
             if self.confirm["seeds"] > 1:
                 self._loop(study, space, self._confirmation_room)
+            workers.join()
+        except BaseException:
+            workers.stop()
+            raise
         finally:
             if self.beating is not None:
                 self.beating.close()

@@ -145,6 +145,10 @@ class LightTrackSweeperConf:
     # trials per launched batch (all asked before any of them returns); null: the launcher's n_jobs (joblib), else its
     # array_parallelism (submitit_slurm), else 1 (basic, submitit_local)
     n_jobs: Optional[int] = None
+    # sweep processes on this machine sharing the study: this one starts workers - 1 more with its own command line
+    # (logs: <sweep dir>/workers/<k>.log); each asks its next trial when its own ends, with cores / workers torch
+    # threads. On 2 cores, 2 workers train 1.8x the trials per hour of one (hydra_plugins/.../workers.py)
+    workers: int = 1
     seed: int = 0
     # a callable(job config) -> cost figures, run before training (rejects bad configs, feeds budget and dedup)
     cost: Any = None
