@@ -423,3 +423,22 @@ def test_logger_tensorboard_writes_each_epochs_scalars_and_stays_out_of_keys(wor
     plain = OmegaConf.to_container(_cfg(workspace), resolve=True)
     logged = OmegaConf.to_container(cfg, resolve=True)
     assert without_settings_of_no_effect(plain) == without_settings_of_no_effect(logged)
+
+
+def test_transfer_runs_scored_in_parallel_processes_give_the_runs_own_boxes(workspace, tmp_path):
+    """The report's transfer scoring (search.report.transfer.score_runs): the first run here, the others in two
+    spawned processes with one torch thread each; on the run's own split every run reproduces its trial's boxes (up
+    to float rounding: a fresh process, or another thread count, rounds differently from the process that trained)."""
+    import shutil
+
+    from search.report.transfer import score_runs
+
+    cfg = _cfg(workspace)
+    run_trial(cfg, tmp_path / "run0", progress=False)
+    runs = [tmp_path / "run0"] + [shutil.copytree(tmp_path / "run0", tmp_path / f"run{k}") for k in (1, 2)]
+    score_runs(runs, cfg.data, "transfer/own", workers=2, progress=False)
+    for run in runs:
+        for own in sorted((run / "results" / "model").glob("*.txt")):
+            again = run / "transfer" / "own" / "results" / "model" / own.name
+            np.testing.assert_allclose(np.loadtxt(again, delimiter=","), np.loadtxt(own, delimiter=","), atol=1e-3)
+        assert (run / "transfer" / "own" / "plots" / "per_sequence.csv").is_file()

@@ -85,7 +85,7 @@ def build_report(conf: ReportConf, runs_root: Path, progress: bool = True) -> di
     preset = transfer_preset(conf.transfer, frame)
     if preset:
         scores, info = transfer_table(frame, table, preset, BootstrapConf(conf.resamples, conf.confidence),
-                                      conf.transfer_overrides, progress=progress)
+                                      conf.transfer_overrides, progress=progress, workers=conf.workers)
         atomic_write(out / "transfer.csv", scores.to_csv(index=False))
         transfer = (scores, info)
     best, why = choose_best(table, conf.rule, conf.max_head_macs, conf.max_head_params, min_seeds)

@@ -33,12 +33,16 @@ class ReportConf:
     transfer: Optional[str] = "auto"
     # overrides of that preset, as on the command line: ["data.root=/data/test", "data.generate.val_sequences=5"]
     transfer_overrides: List[str] = field(default_factory=list)
+    # processes scoring the transfer runs at once (null: one per core, each with one torch thread on 2 cores)
+    workers: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
             raise ReportError(f"rule={self.rule!r} is not allowed: one of {', '.join(RULES)}")
         if self.min_seeds is not None and self.min_seeds < 1:
             raise ReportError(f"min_seeds={self.min_seeds} is not allowed: null or an integer >= 1")
+        if self.workers is not None and self.workers < 1:
+            raise ReportError(f"workers={self.workers} is not allowed: null (one per core) or an integer >= 1")
         if not self.margin >= 0:
             raise ReportError(f"margin={self.margin} is not allowed: AUC points >= 0")
         for name in ("max_head_macs", "max_head_params"):

@@ -56,12 +56,12 @@ def _compose_data(preset: str, extra: Sequence[str] = ()) -> Any:
 def evaluate_run(run_dir: Path, data: Any, where: str, progress: bool = False) -> None:
     """Tracks `data`'s evaluation split with a run's trained model; writes under run_dir/<where>/ (skipped when
     it is there: a rerun of the report costs nothing)."""
-    from tracker.evaluation import PER_SEQUENCE_FILE, evaluate_on, load_model, scores_dir
+    from tracker.evaluation import evaluate_on, load_model
     from tracker.latency import resolve_device
     from tracker.task import run_checkpoint
 
     out = run_dir / where
-    if (scores_dir(out) / PER_SEQUENCE_FILE).is_file():
+    if scored(run_dir, where):
         return
     checkpoint = run_checkpoint(run_dir)
     if not checkpoint.is_file():
@@ -71,8 +71,54 @@ def evaluate_run(run_dir: Path, data: Any, where: str, progress: bool = False) -
     evaluate_on(model.eval(), cfg, data, out, device=resolve_device("cpu"), progress=progress)
 
 
+def scored(run_dir: Path, where: str) -> bool:
+    from tracker.evaluation import PER_SEQUENCE_FILE, scores_dir
+
+    return (scores_dir(run_dir / where) / PER_SEQUENCE_FILE).is_file()
+
+
+def _threads(count: int) -> None:
+    import torch
+
+    torch.set_num_threads(count)
+
+
+def score_runs(run_dirs: Sequence[Path], data: Any, where: str, workers: Optional[int] = None,
+               desc: str = "transfer", progress: bool = True) -> None:
+    """`evaluate_run` for every run not scored yet: the first here (it builds the held-out data, when generated,
+    once), the rest in `workers` spawned processes at once (null: one per core), cores / workers torch threads
+    each. Boxes agree with a serial run's up to float rounding (another process or thread count rounds differently)."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from omegaconf import OmegaConf
+
+    pending = [d for d in run_dirs if not scored(d, where)]
+    cores = os.cpu_count() or 1
+    with tqdm(total=len(run_dirs), initial=len(run_dirs) - len(pending), desc=desc, unit="run",
+              disable=not progress) as bar:
+        if not pending:
+            return
+        evaluate_run(pending[0], data, where)
+        bar.update()
+        rest, at_once = pending[1:], min(workers or cores, len(pending) - 1)
+        if at_once <= 1:
+            for run_dir in rest:
+                evaluate_run(run_dir, data, where)
+                bar.update()
+            return
+        node = OmegaConf.to_container(data, resolve=True) if OmegaConf.is_config(data) else dict(data)
+        with ProcessPoolExecutor(at_once, mp_context=multiprocessing.get_context("spawn"), initializer=_threads,
+                                 initargs=(max(1, cores // at_once),)) as pool:
+            for done in as_completed([pool.submit(evaluate_run, run_dir, node, where) for run_dir in rest]):
+                done.result()
+                bar.update()
+
+
 def transfer_table(frame: pd.DataFrame, table: pd.DataFrame, preset: str, conf: BootstrapConf,
-                   overrides: Sequence[str] = (), progress: bool = True) -> tuple[pd.DataFrame, dict[str, Any]]:
+                   overrides: Sequence[str] = (), progress: bool = True, workers: Optional[int] = None
+                   ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The references and the front (every seed) scored on `preset`: per architecture `test_auc_mean`,
     `test_auc_ci_low/high`, `test_n_seeds`, `test_static_auc`; and the rank agreement with the val means
     (Kendall's tau and its p-value)."""
@@ -80,8 +126,7 @@ def transfer_table(frame: pd.DataFrame, table: pd.DataFrame, preset: str, conf: 
     trials = completed(frame)
     trials = trials[trials["arch"].isin(chosen["arch"])]
     data, where = _compose_data(preset, overrides), subdir(preset, overrides)
-    for run_dir in tqdm(trials["run_dir"], desc=f"transfer to {preset}", unit="run", disable=not progress):
-        evaluate_run(Path(run_dir), data, where)
+    score_runs([Path(d) for d in trials["run_dir"]], data, where, workers, f"transfer to {preset}", progress)
     tables = sequence_tables(trials, subdir=where)  # each run's scores read once: the model's and the static box's
     scored = add_uncertainty(chosen[["arch", "role", "label", "auc"]].copy(), trials, conf, subdir=where,
                              scores=tracker_scores(tables, "model"))
