@@ -105,6 +105,41 @@ def test_cache_is_keyed_by_config_and_reused(tmp_path):
     assert SyntheticConfig(**{**TINY, "difficulty": "hard"}).key() != SyntheticConfig(**TINY).key()
 
 
+def _generator(root: Path, *args: str) -> subprocess.Popen:
+    """`python -m tracker.data.synthetic` building a tiny benchmark at `root`, in its own process."""
+    settings = {**TINY, "root": str(root)}
+    return subprocess.Popen([sys.executable, "-m", "tracker.data.synthetic",
+                             *[f"{k}={v}" for k, v in settings.items()], *args],
+                            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def test_two_processes_asking_for_one_benchmark_build_it_once(tmp_path):
+    """A shared data cache (several sweep workers, or hosts on one file system): the second process waits on the
+    lock for the first and reads what it built."""
+    outputs = [p.communicate(timeout=300) for p in [_generator(tmp_path / "bench") for _ in range(2)]]
+    assert len({json.loads(out)["root"] for out, _ in outputs}) == 1
+    assert sum("synthetic benchmark written to" in err for _, err in outputs) == 1, outputs
+    assert (tmp_path / "bench" / MARKER).is_file()
+
+
+def test_a_builder_killed_midway_leaves_no_half_written_benchmark(tmp_path):
+    import signal
+    import time
+
+    root = tmp_path / "bench"
+    proc = _generator(root, "train_sequences=40", "frames=60")
+    deadline = time.monotonic() + 120
+    while not any(tmp_path.glob(".bench.partial-*/**/*.jpg")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert not root.exists() and list(tmp_path.glob(".bench.partial-*"))  # half-written, never under its name
+    cfg = SyntheticConfig(**{**TINY, "root": str(root)})
+    assert ensure_synthetic(cfg, tmp_path, progress=False) == root and (root / MARKER).is_file()
+    assert not list(tmp_path.glob(".bench.partial-*"))  # the dead builder's leftovers went with the next build
+
+
 def test_refuses_to_overwrite_a_foreign_directory(tmp_path):
     (tmp_path / "mine.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="not empty"):

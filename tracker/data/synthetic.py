@@ -677,8 +677,9 @@ def ensure_synthetic(cfg: SyntheticConfig, cache_dir: str | Path = "runs/data", 
                 raise FileExistsError(f"{root} is not empty and holds no synthetic benchmark ({MARKER}); "
                                       f"give an empty or new root")
             shutil.rmtree(root)  # an older or different synthetic benchmark: regenerate
+        for stale in root.parent.glob(f".{root.name}.partial-*"):  # left by a builder that died (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
         partial = root.parent / f".{root.name}.partial-{os.getpid()}"
-        shutil.rmtree(partial, ignore_errors=True)
         start = time.perf_counter()
         generate(cfg, partial, progress)
         partial.rename(root)
