@@ -33,6 +33,8 @@ def fake_task(cfg):
         time.sleep(float(os.environ["FAKE_SLEEP"]))
     if os.environ.get("FAKE_FAIL") in ("all", head["activation"]):
         raise RuntimeError(f"fake failure for activation {head['activation']}")
+    if os.environ.get("FAKE_OOM") == head["activation"]:  # as CUDA raises it (a simulated one: no GPU here)
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (fake)")
     if os.environ.get("FAKE_EXIT") == head["activation"]:
         sys.exit(3)
     if os.environ.get("FAKE_KILL") == head["activation"]:  # as the OS kills a process out of memory
@@ -233,6 +235,15 @@ def test_failed_trials_are_recorded_and_the_sweep_goes_on(tmp_path):
                     "hydra.sweeper.max_failures=2")
     assert stopped.returncode != 0 and "the baseline (head=repvgg) failed 2 times" in stopped.stderr + stopped.stdout
     assert len(load(tmp_path / "s").trials) == len(study.trials)
+
+
+def test_a_trial_out_of_memory_fails_alone_with_its_reason(tmp_path):
+    ok(sweep(tmp_path / "s", "hydra.sweeper.max_trials=4", "head.activation=choice(silu,gelu)", env={"FAKE_OOM": "silu"}))
+    study = load(tmp_path / "s")
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert failed and all(t.params["head.activation"] == "silu" for t in failed)
+    assert all(t.user_attrs["fail_reason"].startswith("OutOfMemoryError: CUDA out of memory") for t in failed)
+    assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) == 4  # the worker went on
 
 
 def test_wrong_number_of_values_is_a_failure_and_all_failed_exits_nonzero(tmp_path):

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 import traceback
 import warnings
@@ -114,9 +115,23 @@ class TimedTask:
             return Outcome(error=f"SystemExit: the trial called sys.exit({e.code!r})", traceback=traceback.format_exc(),
                            seconds=time.perf_counter() - start)
         except Exception as e:  # a failed trial, recorded; the sweep goes on
-            return Outcome(error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(),
-                           seconds=time.perf_counter() - start)
+            outcome = Outcome(error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(),
+                              seconds=time.perf_counter() - start)
+            if "OutOfMemoryError" in type(e).__name__:
+                _release_memory()  # what the failed trial held must not starve the next one in this process
+            return outcome
         return Outcome(value=value, seconds=time.perf_counter() - start)
+
+
+def _release_memory() -> None:
+    """After a trial ran out of memory: its tensors (the traceback kept them alive until now) collected, and CUDA's
+    cached blocks returned to the driver."""
+    import gc
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def threads_per_job(launcher: Any, n_jobs: int, cores: Optional[int] = None, workers: int = 1) -> Optional[int]:
