@@ -53,8 +53,10 @@ def head_steps_per_s(trial: Trial, steps: int) -> float:
     f = model.search_feat
     features = torch.randn(trial.t.batch_size, model.bottleneck.out_channels, f, f, device=trial.device)
     target = torch.tensor([[0.4, 0.4, 0.6, 0.6]], device=trial.device).expand(trial.t.batch_size, -1)
-    optimizer = build_optimizer(model.head, trial.t)  # what a head-fidelity trial trains
-    return _steps_per_s(trial, optimizer, [(features, target)] * (steps + 2), trial.head_forward(model), steps)
+    optimizer = build_optimizer(model.head, trial.t)  # what a head-fidelity trial trains, in the layout it trains in
+    with trial.head_layout(model, head_only=True) as layout:
+        return _steps_per_s(trial, optimizer, [(features, target)] * (steps + 2), trial.head_forward(model, layout),
+                            steps)
 
 
 def tracking_fps(trial: Trial, sequences: int) -> tuple[float, float]:

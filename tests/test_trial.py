@@ -2,6 +2,7 @@
 report_every and deterministic, cache keys free of fields without effect, validation before anything is written."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import re
@@ -126,6 +127,25 @@ def test_head_fidelity_trains_only_the_head_on_the_cached_trunk(workspace, tmp_p
           progress=False).train()
     assert len(list((workspace / "runs" / "trunks").glob("*/trunk.pt"))) == 2
 
+
+
+def test_head_trials_train_channels_last_on_cpu_and_match_the_default_layout(workspace, tmp_path, monkeypatch):
+    """The head trains channels-last on the CPU (its depthwise convolutions' backward is faster there): the same
+    training up to float rounding, and the head leaves in the default layout."""
+    cfg = _cfg(workspace, "head=mbconv", "head.channels=16", "head.kernel_size=5", "trainer.fidelity=head")
+    fast = Trial(cfg, tmp_path / "fast", progress=False)
+    seen = []
+    head_forward = fast.head_forward
+    monkeypatch.setattr(fast, "head_forward", lambda model, layout=None: seen.append(layout) or head_forward(model, layout))
+    model = fast.train()
+    assert seen and set(seen) == {torch.channels_last}  # every epoch's batches
+    convs = [m.weight for m in model.head.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous() for w in convs)  # back in the default layout
+    plain = Trial(cfg, tmp_path / "plain", progress=False)
+    monkeypatch.setattr(plain, "head_layout", lambda model, head_only: contextlib.nullcontext())
+    reference = plain.train()
+    for (name, a), b in zip(model.head.state_dict().items(), reference.head.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=name)
 
 
 def test_a_fixed_feature_seed_gives_every_seed_the_same_pairs(workspace, tmp_path):

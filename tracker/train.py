@@ -187,7 +187,8 @@ class Trial:
         features = self.head_features(model) if head_only else None
         loader = None if head_only else self.pair_loader("train", self.t.pairs_per_epoch, self.t.seed, shard=True)
         rank = dist.rank if dist else 0
-        with contextlib.closing(writer) if writer is not None else contextlib.nullcontext():
+        with contextlib.closing(writer) if writer is not None else contextlib.nullcontext(), \
+                self.head_layout(model, head_only) as layout:
             for epoch in range(start_epoch, self.t.epochs):
                 # dropout and shuffles repeat after a resume; each rank draws its own dropout masks (rank 0 the
                 # single process's)
@@ -196,7 +197,7 @@ class Trial:
                 if head_only:
                     model.head.train()
                     batches = self.feature_batches(features["train"], epoch)
-                    stats = engine.run_epoch(batches, self.head_forward(model), epoch)
+                    stats = engine.run_epoch(batches, self.head_forward(model, layout), epoch)
                 else:
                     net.train()
                     loader.sampler.set_epoch(epoch)
@@ -222,6 +223,22 @@ class Trial:
                             writer.add_scalar(f"train/{name}", value, epoch + 1)
                     writer.flush()
         return model
+
+    @contextlib.contextmanager
+    def head_layout(self, model: StarkLightning, head_only: bool):
+        """Head fidelity on the CPU trains the head channels-last: the backward of its depthwise convolutions runs
+        1.5-2x faster in that layout (one thread, batch 16: the user's head 12.7 -> 10.4 ms a step, mbconv x3 w128
+        k7 272 -> 136 ms; RepVGG heads unchanged). The same math rounded differently, so a trial trained this way is
+        another draw of it, as with another thread count. Yields the layout its features take (None: the default);
+        the head leaves in the default layout (evaluation, export and later training see the usual one)."""
+        if not head_only or self.device.type != "cpu":
+            yield None
+            return
+        model.head.to(memory_format=torch.channels_last)
+        try:
+            yield torch.channels_last
+        finally:
+            model.head.to(memory_format=torch.contiguous_format)
 
     def experiment_logger(self) -> Optional[Any]:
         """The `logger` group's writer (logger=tensorboard: a SummaryWriter under <run dir>/tensorboard), or None."""
@@ -251,11 +268,14 @@ class Trial:
 
         return forward
 
-    def head_forward(self, model: StarkLightning):
-        """Head fidelity: cached trunk features through the head alone."""
+    def head_forward(self, model: StarkLightning, layout: Optional[torch.memory_format] = None):
+        """Head fidelity: cached trunk features (in `layout`, when given) through the head alone."""
         def forward(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
             features, target = batch
-            return model.head(features.to(self.device).float()), target.to(self.device)
+            features = features.to(self.device).float()
+            if layout is not None:
+                features = features.contiguous(memory_format=layout)
+            return model.head(features), target.to(self.device)
 
         return forward
 
