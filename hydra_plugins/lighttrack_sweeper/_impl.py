@@ -115,17 +115,19 @@ class TimedTask:
             return Outcome(error=f"SystemExit: the trial called sys.exit({e.code!r})", traceback=traceback.format_exc(),
                            seconds=time.perf_counter() - start)
         except Exception as e:  # a failed trial, recorded; the sweep goes on
-            outcome = Outcome(error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(),
-                              seconds=time.perf_counter() - start)
-            if "OutOfMemoryError" in type(e).__name__:
-                _release_memory()  # what the failed trial held must not starve the next one in this process
-            return outcome
-        return Outcome(value=value, seconds=time.perf_counter() - start)
+            failed = Outcome(error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(),
+                             seconds=time.perf_counter() - start)
+            out_of_memory = "OutOfMemoryError" in type(e).__name__
+        else:
+            return Outcome(value=value, seconds=time.perf_counter() - start)
+        if out_of_memory:  # out of the except clause: the exception and the frames it held are gone
+            _release_memory()  # what the failed trial held must not starve the next one in this process
+        return failed
 
 
 def _release_memory() -> None:
-    """After a trial ran out of memory: its tensors (the traceback kept them alive until now) collected, and CUDA's
-    cached blocks returned to the driver."""
+    """After a trial ran out of memory: its tensors collected (reference cycles included) and CUDA's cached blocks
+    returned to the driver."""
     import gc
 
     gc.collect()
