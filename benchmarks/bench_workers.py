@@ -3,10 +3,10 @@
     python benchmarks/bench_workers.py                       # 1, 2, 4 workers; journal vs PostgreSQL
     python benchmarks/bench_workers.py --workers 1 2 --trials 8 --storage-trials 0
 
-Workers: k sweep processes started together on one journal study (the tiny preset at head fidelity: real training,
-checkpoints and evaluation on a small generated data set, shared by every run), each with cores / k torch threads
-(no oversubscription), until the study holds `--trials` trained trials; printed: wall time, trials per hour and the
-ratio to one worker. Storage: one sweep process of `--storage-trials` trials of the sweeper tests' fake task (no
+Workers: one sweep with `hydra.sweeper.workers=k` (k sweep processes on one journal study, each with cores / k torch
+threads, as `make sweep` runs them; the tiny preset at head fidelity: real training, checkpoints and evaluation on a
+small generated data set, shared by every run) until the study holds `--trials` trained trials; printed: wall time,
+trials per hour and the ratio to one worker. Storage: one sweep process of `--storage-trials` trials of the sweeper tests' fake task (no
 training: the sweeper's own bookkeeping dominates) on a journal file and on a throwaway PostgreSQL server
 (tests/postgres_server.py; skipped with a note when PostgreSQL is not installed); printed: seconds per trial of each
 and the difference.
@@ -39,22 +39,28 @@ def _trained(storage: str, study: str) -> int:
     return sum(t.state.name == "COMPLETE" and bool(t.user_attrs.get("trained")) for t in trials)
 
 
+def threads(k: int) -> int:
+    """Torch threads each of k local workers trains with: the sweeper's own rule (one worker: torch's default)."""
+    from hydra_plugins.lighttrack_sweeper._impl import threads_per_job
+
+    return threads_per_job({}, 1, workers=k) or os.cpu_count() or 1
+
+
 def workers(k: int, trials: int, data: Path) -> tuple[float, int]:
-    """Wall seconds and trained trials of k sweep processes on one new journal study."""
+    """Wall seconds and trained trials of one sweep with `hydra.sweeper.workers=k` (k sweep processes, the cores
+    split between them, as `make sweep` runs) on a new journal study."""
     runs = Path(tempfile.mkdtemp(prefix=f"lighttrack-w{k}-"))
-    threads = max(1, (os.cpu_count() or 1) // k)
-    env = {**os.environ, "LIGHTTRACK_RUNS": str(runs), "LIGHTTRACK_DATA_CACHE": str(data),
-           "OMP_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}
-    command = [sys.executable, "-m", "search.sweep", "-m", *TINY, f"hydra.sweeper.max_trials={trials}"]
+    env = {**os.environ, "LIGHTTRACK_RUNS": str(runs), "LIGHTTRACK_DATA_CACHE": str(data), "PYTHONWARNINGS": "ignore"}
+    command = [sys.executable, "-m", "search.sweep", "-m", *TINY, f"hydra.sweeper.max_trials={trials}",
+               f"hydra.sweeper.workers={k}"]
     started = time.perf_counter()
-    procs = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-             for _ in range(k)]
-    errors = [p.communicate()[1] for p in procs]
+    result = subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seconds = time.perf_counter() - started
-    for p, err in zip(procs, errors):
-        if p.returncode:
-            raise SystemExit(f"a worker failed ({p.returncode}):\n{err[-3000:]}")
-    return seconds, _trained(str(runs / "sweeps" / "synthetic_tiny" / "journal.log"), "synthetic_tiny")
+    done = _trained(str(runs / "sweeps" / "synthetic_tiny" / "journal.log"), "synthetic_tiny")
+    if result.returncode or done < trials:
+        raise SystemExit(f"the sweep failed ({result.returncode}, {done} of {trials} trials trained; worker logs in "
+                         f"{runs / 'sweeps' / 'synthetic_tiny' / 'workers'}):\n{result.stderr[-3000:]}")
+    return seconds, done
 
 
 def storage_seconds(storage: str | None, trials: int) -> float:
@@ -87,7 +93,7 @@ def main() -> None:
         seconds, done = workers(k, args.trials, data)
         rate = done / seconds * 3600
         base = base or rate
-        print(f"{k:7d}  {max(1, (os.cpu_count() or 1) // k):12d}  {seconds:6.1f}  {done:6d}  {rate:8.0f}  "
+        print(f"{k:7d}  {threads(k):12d}  {seconds:6.1f}  {done:6d}  {rate:8.0f}  "
               f"{rate / base:10.2f}x")
     if args.storage_trials:
         journal = storage_seconds(None, args.storage_trials)
