@@ -98,15 +98,12 @@ def score_runs(run_dirs: Sequence[Path], data: Any, where: str, workers: Optiona
     cores = os.cpu_count() or 1
     with tqdm(total=len(run_dirs), initial=len(run_dirs) - len(pending), desc=desc, unit="run",
               disable=not progress) as bar:
-        if not pending:
-            return
-        evaluate_run(pending[0], data, where)
-        bar.update()
-        rest, at_once = pending[1:], min(workers or cores, len(pending) - 1)
-        if at_once <= 1:
-            for run_dir in rest:
-                evaluate_run(run_dir, data, where)
-                bar.update()
+        at_once = min(workers or cores, len(pending) - 1)
+        here, rest = (pending[:1], pending[1:]) if at_once > 1 else (pending, [])
+        for run_dir in here:
+            evaluate_run(run_dir, data, where)
+            bar.update()
+        if not rest:
             return
         node = OmegaConf.to_container(data, resolve=True) if OmegaConf.is_config(data) else dict(data)
         with ProcessPoolExecutor(at_once, mp_context=multiprocessing.get_context("spawn"), initializer=_threads,
