@@ -12,6 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
+SPREAD_TESTS = True  # independent sweep subprocesses: pytest workers share them (tests/conftest.py)
 
 
 def fake_task(cfg):
@@ -31,6 +32,8 @@ def fake_task(cfg):
         import time
 
         time.sleep(float(os.environ["FAKE_SLEEP"]))
+    if os.environ.get("FAKE_FAIL") == "worker" and os.environ.get("LIGHTTRACK_SWEEP_WORKER"):
+        raise RuntimeError("fake failure in a started sweep worker")
     if os.environ.get("FAKE_FAIL") in ("all", head["activation"]):
         raise RuntimeError(f"fake failure for activation {head['activation']}")
     if os.environ.get("FAKE_OOM") == head["activation"]:  # as CUDA raises it (a simulated one: no GPU here)
@@ -478,6 +481,40 @@ def test_an_interrupted_sweep_stops_the_workers_it_started(tmp_path):
     proc.communicate(timeout=120)
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_a_failed_worker_makes_the_sweep_exit_nonzero(tmp_path):
+    result = sweep(tmp_path / "s", "hydra.sweeper.workers=2", "hydra.sweeper.max_trials=6",
+                   env={"FAKE_FAIL": "worker", "FAKE_SLEEP": "3"})  # long enough that the worker gets trials
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "sweep worker(s) [1] failed" in result.stdout + result.stderr
+    study = load(tmp_path / "s")
+    pids = Counter(t.user_attrs.get("pid") for t in study.trials if t.state == TrialState.COMPLETE)
+    assert len(pids) == 1  # the first process's trials completed; every one the worker ran failed
+
+
+def test_workers_report_the_failed_ones_and_none_outlives_a_failed_start(tmp_path, monkeypatch):
+    from hydra_plugins.lighttrack_sweeper import workers as w
+
+    monkeypatch.delenv(w.WORKER_ENV, raising=False)
+    code = "import os, sys; print('worker', os.environ['%s']); sys.exit(int(os.environ['%s']) - 1)" % (
+        w.WORKER_ENV, w.WORKER_ENV)
+    started = w.Workers(3, tmp_path, [sys.executable, "-c", code])
+    assert started.join() == [2]  # worker 1 exits 0, worker 2 exits 1
+    assert (tmp_path / "workers" / "2.log").read_text().strip() == "worker 2"
+
+    real_popen, processes = w.subprocess.Popen, []
+
+    def second_start_fails(*args, **kwargs):
+        if processes:
+            raise OSError("fake: no more processes")
+        processes.append(real_popen(*args, **kwargs))
+        return processes[-1]
+
+    monkeypatch.setattr(w.subprocess, "Popen", second_start_fails)
+    with pytest.raises(OSError, match="no more processes"):
+        w.Workers(3, tmp_path, [sys.executable, "-c", "import time; time.sleep(60)"])
+    assert processes[0].poll() is not None  # the one that did start was stopped
 
 
 def test_threads_per_job_keep_parallel_local_trials_within_the_cores():

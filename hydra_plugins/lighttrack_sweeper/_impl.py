@@ -529,7 +529,7 @@ class SweeperImpl:
             self._loop(study, space, self._room)
             if self.confirm["seeds"] > 1:
                 self._loop(study, space, self._confirmation_room)
-            workers.join()
+            failed_workers = workers.join()
         except BaseException:
             workers.stop()
             raise
@@ -538,6 +538,9 @@ class SweeperImpl:
                 self.beating.close()
                 self.beating = None
         self._summary(study)
+        if failed_workers:  # logged with their logs' tails by join: a script must be able to tell
+            log.error("sweep worker(s) %s failed: this sweep exits with status 1", failed_workers)
+            raise SweepFailed(1)
         return [(t.number, t.state.name) for t in study.trials]
 
     def _dry_run(self, space: Space, shown: int = 5) -> None:

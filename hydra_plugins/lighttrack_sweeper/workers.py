@@ -56,12 +56,20 @@ class Workers:
         command = list(command or command_line())
         folder = sweep_dir / "workers"
         folder.mkdir(parents=True, exist_ok=True)
-        for k in range(1, count):
-            path = folder / f"{k}.log"
-            out = open(path, "a")
-            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                       env={**os.environ, WORKER_ENV: str(k)})
-            self.started.append(Worker(k, process, path, out))
+        try:
+            for k in range(1, count):
+                path = folder / f"{k}.log"
+                out = open(path, "a")
+                try:
+                    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out,
+                                               stderr=subprocess.STDOUT, env={**os.environ, WORKER_ENV: str(k)})
+                except BaseException:
+                    out.close()
+                    raise
+                self.started.append(Worker(k, process, path, out))
+        except BaseException:  # none is left running on its own: the user sees one error and no stray process
+            self.stop()
+            raise
         log.info("started %d more sweep worker(s) on this study (pids %s; logs in %s)", count - 1,
                  [w.process.pid for w in self.started], folder)
 
