@@ -5,7 +5,6 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from torchvision.ops.misc import FrozenBatchNorm2d
 
 from heads.layers import RepVGGBlock
 
@@ -20,6 +19,8 @@ class RepVGGBackbone(nn.Module):
         if len(depths) != 4 or len(widths) != 4:
             raise ValueError(f"backbone depths={list(depths)} and widths={list(widths)} need 4 entries each "
                              "(stage0..stage3)")
+        from torchvision.ops.misc import FrozenBatchNorm2d  # here: importing torchvision costs 1.7 s (torch._dynamo)
+
         norm = FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
         stages, width = [], in_channels
         for depth, out in zip(depths, widths):

@@ -6,7 +6,6 @@ from typing import Callable, NamedTuple, Sequence
 import torch
 from torch import nn
 import torch.nn.functional as F
-from torchvision.ops import box_convert
 
 from ..config import STRIDE
 from .backbone import RepVGGBackbone
@@ -78,6 +77,8 @@ class StarkLightning(nn.Module):
         (cx, cy, w, h), and with `return_maps` the corner probability maps `maps` (B, 2, h, w)."""
         result = self.head(features, return_maps=True) if return_maps else self.head(features)
         corners, maps = result if return_maps else (result, None)
+        from torchvision.ops import box_convert  # here: a sweep costing heads imports no torchvision (1.7 s)
+
         out = {"corners": corners, "boxes": box_convert(corners, "xyxy", "cxcywh")}
         if maps is not None:
             out["maps"] = maps
