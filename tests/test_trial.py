@@ -446,8 +446,8 @@ def test_logger_tensorboard_writes_each_epochs_scalars_and_stays_out_of_keys(wor
 
 
 def test_transfer_runs_scored_in_parallel_processes_give_the_runs_own_boxes(workspace, tmp_path):
-    """The report's transfer scoring (search.report.transfer.score_runs): the first run here, the others in two
-    spawned processes with one torch thread each; on the run's own split every run reproduces its trial's boxes (up
+    """The report's transfer scoring (search.report.transfer.score_runs): the runs in two spawned processes with
+    one torch thread each; on the run's own split every run reproduces its trial's boxes (up
     to float rounding: a fresh process, or another thread count, rounds differently from the process that trained)."""
     import shutil
 

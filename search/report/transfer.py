@@ -53,6 +53,17 @@ def _compose_data(preset: str, extra: Sequence[str] = ()) -> Any:
     return compose_here("train", [f"data={preset}", *extra]).data
 
 
+def _run_data(run_dir: Path, data: Any) -> Any:
+    """`data` as a run scores it: with the run's generated-data cache (tracker.evaluation.evaluate_on's rule)."""
+    from omegaconf import OmegaConf
+
+    from .load import _run_config
+
+    node = OmegaConf.to_container(data, resolve=True) if OmegaConf.is_config(data) else dict(data)
+    node["cache_dir"] = (_run_config(str(run_dir)).get("data") or {}).get("cache_dir") or node.get("cache_dir")
+    return node
+
+
 def evaluate_run(run_dir: Path, data: Any, where: str, progress: bool = False) -> None:
     """Tracks `data`'s evaluation split with a run's trained model; writes under run_dir/<where>/ (skipped when
     it is there: a rerun of the report costs nothing)."""
@@ -85,30 +96,35 @@ def _threads(count: int) -> None:
 
 def score_runs(run_dirs: Sequence[Path], data: Any, where: str, workers: Optional[int] = None,
                desc: str = "transfer", progress: bool = True) -> None:
-    """`evaluate_run` for every run not scored yet: the first here (it builds the held-out data, when generated,
-    once), the rest in `workers` spawned processes at once (null: one per core), cores / workers torch threads
-    each. Boxes agree with a serial run's up to float rounding (another process or thread count rounds differently)."""
+    """`evaluate_run` for every run not scored yet, in `workers` spawned processes at once (null: one per core),
+    cores / workers torch threads each; the held-out data, when generated, is built here first, once. With one
+    worker (or one run) they are scored here. Boxes agree with a serial run's up to float rounding (another
+    process or thread count rounds differently)."""
     import multiprocessing
     import os
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     from omegaconf import OmegaConf
 
+    from tracker.data.config import build_reader
+
     pending = [d for d in run_dirs if not scored(d, where)]
+    if not pending:
+        return
     cores = os.cpu_count() or 1
+    at_once = min(workers or cores, len(pending))
+    node = OmegaConf.to_container(data, resolve=True) if OmegaConf.is_config(data) else dict(data)
     with tqdm(total=len(run_dirs), initial=len(run_dirs) - len(pending), desc=desc, unit="run",
               disable=not progress) as bar:
-        at_once = min(workers or cores, len(pending) - 1)
-        here, rest = (pending[:1], pending[1:]) if at_once > 1 else (pending, [])
-        for run_dir in here:
-            evaluate_run(run_dir, data, where)
-            bar.update()
-        if not rest:
+        if at_once <= 1:
+            for run_dir in pending:
+                evaluate_run(run_dir, node, where)
+                bar.update()
             return
-        node = OmegaConf.to_container(data, resolve=True) if OmegaConf.is_config(data) else dict(data)
+        build_reader(_run_data(pending[0], node))  # generated on first use: here, not by every process at once
         with ProcessPoolExecutor(at_once, mp_context=multiprocessing.get_context("spawn"), initializer=_threads,
                                  initargs=(max(1, cores // at_once),)) as pool:
-            for done in as_completed([pool.submit(evaluate_run, run_dir, node, where) for run_dir in rest]):
+            for done in as_completed([pool.submit(evaluate_run, run_dir, node, where) for run_dir in pending]):
                 done.result()
                 bar.update()
 
