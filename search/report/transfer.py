@@ -53,17 +53,6 @@ def _compose_data(preset: str, extra: Sequence[str] = ()) -> Any:
     return compose_here("train", [f"data={preset}", *extra]).data
 
 
-def _run_data(run_dir: Path, data: Any) -> Any:
-    """`data` as a run scores it: with the run's generated-data cache (tracker.evaluation.evaluate_on's rule)."""
-    from omegaconf import OmegaConf
-
-    from .load import _run_config
-
-    node = OmegaConf.to_container(data, resolve=True) if OmegaConf.is_config(data) else dict(data)
-    node["cache_dir"] = (_run_config(str(run_dir)).get("data") or {}).get("cache_dir") or node.get("cache_dir")
-    return node
-
-
 def evaluate_run(run_dir: Path, data: Any, where: str, progress: bool = False) -> None:
     """Tracks `data`'s evaluation split with a run's trained model; writes under run_dir/<where>/ (skipped when
     it is there: a rerun of the report costs nothing)."""
@@ -107,6 +96,9 @@ def score_runs(run_dirs: Sequence[Path], data: Any, where: str, workers: Optiona
     from omegaconf import OmegaConf
 
     from tracker.data.config import build_reader
+    from tracker.evaluation.run import data_as_scored
+
+    from .load import _run_config
 
     pending = [d for d in run_dirs if not scored(d, where)]
     if not pending:
@@ -121,7 +113,8 @@ def score_runs(run_dirs: Sequence[Path], data: Any, where: str, workers: Optiona
                 evaluate_run(run_dir, node, where)
                 bar.update()
             return
-        build_reader(_run_data(pending[0], node))  # generated on first use: here, not by every process at once
+        # generated on first use: here, not by every process at once
+        build_reader(data_as_scored(_run_config(str(pending[0])), node))
         with ProcessPoolExecutor(at_once, mp_context=multiprocessing.get_context("spawn"), initializer=_threads,
                                  initargs=(max(1, cores // at_once),)) as pool:
             for done in as_completed([pool.submit(evaluate_run, run_dir, node, where) for run_dir in pending]):
