@@ -86,19 +86,14 @@ def _threads(count: int) -> None:
 def score_runs(run_dirs: Sequence[Path], data: Any, where: str, workers: Optional[int] = None,
                desc: str = "transfer", progress: bool = True) -> None:
     """`evaluate_run` for every run not scored yet, in `workers` spawned processes at once (null: one per core),
-    cores / workers torch threads each; the held-out data, when generated, is built here first, once. With one
-    worker (or one run) they are scored here. Boxes agree with a serial run's up to float rounding (another
-    process or thread count rounds differently)."""
+    cores / workers torch threads each; with one worker (or one run), here. Held-out data generated on first use is
+    built once: the data cache's lock makes the other processes wait for it. Boxes agree with a serial run's up to
+    float rounding (another process or thread count rounds differently)."""
     import multiprocessing
     import os
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     from omegaconf import OmegaConf
-
-    from tracker.data.config import build_reader
-    from tracker.evaluation.run import data_as_scored
-
-    from .load import _run_config
 
     pending = [d for d in run_dirs if not scored(d, where)]
     if not pending:
@@ -113,8 +108,6 @@ def score_runs(run_dirs: Sequence[Path], data: Any, where: str, workers: Optiona
                 evaluate_run(run_dir, node, where)
                 bar.update()
             return
-        # generated on first use: here, not by every process at once
-        build_reader(data_as_scored(_run_config(str(pending[0])), node))
         with ProcessPoolExecutor(at_once, mp_context=multiprocessing.get_context("spawn"), initializer=_threads,
                                  initargs=(max(1, cores // at_once),)) as pool:
             for done in as_completed([pool.submit(evaluate_run, run_dir, node, where) for run_dir in pending]):

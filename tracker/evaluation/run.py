@@ -122,18 +122,12 @@ def evaluate_on(model: StarkLightning, cfg: Any, data: Any, out_dir: str | Path,
     """evaluate_model on another data node (a held-out split) than the one `cfg` (a run's config) was trained on;
     the generated-data cache stays the run's own."""
     scored = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    scored.data = data_as_scored(scored, data)
+    node = OmegaConf.to_container(data, resolve=True) if OmegaConf.is_config(data) else dict(data)
+    node["cache_dir"] = scored.data.get("cache_dir", node.get("cache_dir"))
+    scored.data = node
     # an INT8 model is calibrated on the run's training data, not on the held-out node (it may have no train split)
     return evaluate_model(model, scored, out_dir, device=device, progress=progress,
                           calibration_data=training_data(cfg))
-
-
-def data_as_scored(cfg: Any, data: Any) -> dict[str, Any]:
-    """A held-out data node as a run (its config, or its config.yaml as a dict) scores it: generated into the run's
-    own data cache."""
-    node = OmegaConf.to_container(data, resolve=True) if OmegaConf.is_config(data) else dict(data)
-    node["cache_dir"] = (cfg.get("data") or {}).get("cache_dir") or node.get("cache_dir")
-    return node
 
 
 def baseline_model_config() -> DictConfig:
