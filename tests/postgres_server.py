@@ -155,7 +155,7 @@ def advisory_lock_is_free(url: str) -> bool:
     """Whether another session can take the sweeper's advisory lock on the database at `url` (it lets it go again)."""
     import sqlalchemy
 
-    from search.study import _ADVISORY_KEY
+    from search.study.lock import _ADVISORY_KEY
 
     other = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.pool.NullPool)
     try:

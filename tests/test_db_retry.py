@@ -25,7 +25,7 @@ from optuna.storages._rdb import storage as rdb
 from optuna.trial import TrialState
 
 import postgres_server as pg
-import search.study as study_module
+import search.study.retry as study_module
 from search.study import (CLAIMED_ATTR, CREATED_ATTR, RetryingRDBStorage, open_storage, recently_disconnected,
                           retry_call, study_lock)
 from test_sweep import BASE, ROOT, _impl
