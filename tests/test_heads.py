@@ -202,7 +202,7 @@ def test_an_option_the_block_does_not_take_fails_at_composition(preset, option, 
 def test_the_same_head_composes_to_the_same_config_whatever_neutral_options_say():
     """The sweeper settles duplicates by hashing the composed config, so an option a block does not take may
     only hold its default (what a config that never mentions it composes to): the hash cannot tell them apart."""
-    from hydra_plugins.lighttrack_sweeper._impl import config_key
+    from hydra_plugins.lighttrack_sweeper._recipe import config_key
 
     for preset, neutral in (("repvgg", ["head.norm=true", "head.expansion=4"]), ("dsconv", ["head.expansion=4"])):
         plain_cfg, spelled = compose("profile", [f"head={preset}"]), compose("profile", [f"head={preset}", *neutral])

@@ -99,16 +99,16 @@ def test_where_things_are_written_is_not_part_of_a_studys_recipe(runs, tmp_path)
     stored before the node existed, or with another runs root, is the same recipe."""
     import json
 
-    from hydra_plugins.lighttrack_sweeper._impl import SweeperImpl, _without_settings_of_no_effect
+    from hydra_plugins.lighttrack_sweeper._recipe import comparable_recipe, study_recipe
     from tracker.config import config_differences
 
     runs(tmp_path)
-    today = SweeperImpl._recipe(compose("sweep"))
+    today = study_recipe(compose("sweep"))
     assert "paths" not in today and "cache_dir" not in today["data"]
     moved = json.loads(json.dumps(today))
     moved["paths"] = {"runs": "/elsewhere", "data": "/elsewhere/data"}
     moved["data"]["cache_dir"] = "/elsewhere/data"
-    assert config_differences(_without_settings_of_no_effect(moved), today) == []
+    assert config_differences(comparable_recipe(moved), today) == []
 
 
 def test_an_app_exports_its_runs_root_to_the_code(tmp_path):

@@ -358,7 +358,7 @@ def test_the_trial_record_keeps_the_stored_names():
                               "run_dir": "/r", "duplicate_of": None, "reason": "over budget", "head_macs": 3,
                               "auc": 1.0, "head": {"block": "repvgg"}}
     # no other module spells a record name: the sweeper, the study and the report go through search.record
-    for path in ("hydra_plugins/lighttrack_sweeper/_impl.py", *map(str, ROOT.glob("search/study/*.py")),
+    for path in (*map(str, ROOT.glob("hydra_plugins/lighttrack_sweeper/*.py")), *map(str, ROOT.glob("search/study/*.py")),
                  *map(str, ROOT.glob("search/report/*.py"))):
         text = (ROOT / path).read_text()
         spelled = re.findall(r"(?:set_user_attr\(|user_attrs\.get\(|user_attrs\[|user_attrs=\{)\s*[\"'](\w+)", text)

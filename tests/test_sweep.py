@@ -594,21 +594,21 @@ def test_a_recipe_stored_before_the_optimiser_and_crop_factors_moved_compares_eq
     its own copy of the crop factors is the same recipe today; a real difference stays one."""
     import json
 
-    from hydra_plugins.lighttrack_sweeper._impl import SweeperImpl, _without_settings_of_no_effect
+    from hydra_plugins.lighttrack_sweeper._recipe import comparable_recipe, study_recipe
     from tracker.config import config_differences
     from tracker.config import compose
 
-    today = SweeperImpl._recipe(compose("sweep", []))
+    today = study_recipe(compose("sweep", []))
     assert "optimizer" not in today["trainer"]  # the default optimiser is implied by the flat fields
     old = json.loads(json.dumps(today))
     old["evaluation"].update(template_factor=2.0, search_factor=5.0)
-    assert config_differences(_without_settings_of_no_effect(old), today) == []
+    assert config_differences(comparable_recipe(old), today) == []
     old["evaluation"]["search_factor"] = 4.0
-    assert config_differences(_without_settings_of_no_effect(old), today) == [("evaluation.search_factor", 4.0, None)]
+    assert config_differences(comparable_recipe(old), today) == [("evaluation.search_factor", 4.0, None)]
     old["trainer"]["weight_decay"] = 0.05
     assert ("trainer.weight_decay", 0.05, today["trainer"]["weight_decay"]) in \
-        config_differences(_without_settings_of_no_effect(old), today)
-    sgd = SweeperImpl._recipe(compose("sweep", ["trainer.optimizer._target_=torch.optim.SGD"]))
+        config_differences(comparable_recipe(old), today)
+    sgd = study_recipe(compose("sweep", ["trainer.optimizer._target_=torch.optim.SGD"]))
     assert config_differences(sgd, today) == [("trainer.optimizer", sgd["trainer"]["optimizer"], None)]
 
 

@@ -159,7 +159,7 @@ def test_workers_report_the_failed_ones_and_none_outlives_a_failed_start(tmp_pat
 
 
 def test_threads_per_job_keep_parallel_local_trials_within_the_cores():
-    from hydra_plugins.lighttrack_sweeper._impl import threads_per_job
+    from hydra_plugins.lighttrack_sweeper._outcome import threads_per_job
 
     joblib = {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"}
     assert threads_per_job(joblib, 2, cores=16) == 8 and threads_per_job(joblib, 4, cores=2) == 1

@@ -11,9 +11,7 @@ import json
 import logging
 import math
 import os
-import sys
 import time
-import traceback
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,18 +29,20 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.objectives import (ObjectiveError, non_dominated, objective_entries, objective_values,
                                parse_objectives, returned_figures, scalar_metrics)
-from search.record import Stage, StudyAttr, TrialAttr, arch_key, reason_attr
+from search.record import Stage, StudyAttr, TrialAttr, reason_attr
 from search.space import Space, build_space, format_value, merge_overrides
 from search.study import (DB_RETRY_SECONDS, Beating, StorageError, fail_orphans, fail_stale_trials, heartbeat,
                           is_lockable, open_storage, owner_attrs, recently_disconnected, retried, retry_of,
                           storage_location, study_lock)
-from tracker.config import (config_differences, job_config, recipe_identity, without_settings_of_no_effect,
-                            without_unused_int8_settings)
+from tracker.config import config_differences, job_config
 from tracker.io import atomic_write_text, stable_hash
 from tracker.version import MODEL_VERSION
 
+from ._confirmation import plan_confirmation
 from .jobs import INTERMEDIATE_FIDELITIES, INTERMEDIATE_KEY
 from .launch import batch_size, is_submitit, launch
+from ._outcome import Outcome, TimedTask, threads_per_job
+from ._recipe import comparable_recipe, config_key, study_recipe
 from .workers import Workers
 
 log = logging.getLogger(__name__)
@@ -52,9 +52,6 @@ warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to b
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-# a trial's identity (duplicates share it) leaves out where runs go and how latency is measured: neither changes
-# what trains or how it scores
-NO_PART_OF_A_TRIAL = ("hydra", "paths", "logger", "latency")
 INT8_OVERRIDE = "evaluation.quantize=int8"  # hydra.sweeper.int8=true adds it to every trial
 STORAGE_RECORD = "storage.json"  # in a sweep directory: the study and storage its trial folders belong to
 
@@ -80,87 +77,6 @@ class SweepFailed(SystemExit):
     """Every trial this process ran failed: the process exits with status 1 (logged, no traceback)."""
 
 
-@dataclass
-class Outcome:
-    """What a job sends back: the task's return or its error as text (exceptions need not unpickle)."""
-
-    value: Any = None
-    error: Optional[str] = None
-    pruned: bool = False
-    traceback: Optional[str] = None
-    seconds: float = 0.0
-
-
-class TimedTask:
-    """Wraps the task function so every job reports its own wall time and its error as text, and runs with
-    `threads` torch threads when set (parallel local jobs share the cores instead of oversubscribing them)."""
-
-    def __init__(self, task_function: TaskFunction, threads: Optional[int] = None):
-        self.task_function = task_function
-        self.threads = threads
-
-    def __call__(self, cfg: DictConfig) -> Outcome:
-        start = time.perf_counter()
-        if self.threads:
-            import torch
-
-            torch.set_num_threads(self.threads)
-        try:
-            value = self.task_function(cfg)
-        except optuna.TrialPruned as e:
-            return Outcome(error=str(e) or "pruned", pruned=True, seconds=time.perf_counter() - start)
-        except SystemExit as e:  # a trial that exits ends itself, not the sweep (KeyboardInterrupt still stops it)
-            if _requeued_by_submitit(e):  # preempted (or timed out with requeues left): the job runs again
-                raise
-            return Outcome(error=f"SystemExit: the trial called sys.exit({e.code!r})", traceback=traceback.format_exc(),
-                           seconds=time.perf_counter() - start)
-        except Exception as e:  # a failed trial, recorded; the sweep goes on
-            failed = Outcome(error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(),
-                             seconds=time.perf_counter() - start)
-            out_of_memory = "OutOfMemoryError" in type(e).__name__
-        else:
-            return Outcome(value=value, seconds=time.perf_counter() - start)
-        if out_of_memory:  # out of the except clause: the exception and the frames it held are gone
-            _release_memory()  # what the failed trial held must not starve the next one in this process
-        return failed
-
-
-def _release_memory() -> None:
-    """After a trial ran out of memory: its tensors collected (reference cycles included) and CUDA's cached blocks
-    returned to the driver."""
-    import gc
-
-    gc.collect()
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_initialized():
-        torch.cuda.empty_cache()
-
-
-def threads_per_job(launcher: Any, n_jobs: int, cores: Optional[int] = None, workers: int = 1) -> Optional[int]:
-    """Torch threads for each trial when several run at once on this machine's cores: `workers` sweep processes
-    (hydra.sweeper.workers), each running `n_jobs` trials at once through a local parallel launcher (joblib) or one
-    at a time: trials x threads <= cores (at least 1). None (torch's default) when one trial runs at a time, or for
-    launchers that send trials to other machines (submitit: SLURM gives each job its own CPUs)."""
-    target = str(launcher.get("_target_", "")).lower()
-    if "submitit" in target:
-        return None
-    at_once = workers * (n_jobs if "joblib" in target else 1)
-    return max(1, (cores or os.cpu_count() or 1) // at_once) if at_once > 1 else None
-
-
-def _requeued_by_submitit(e: SystemExit) -> bool:
-    """Whether submitit's signal handler raised it: SLURM warned the job (SIGUSR2) that it is preempted, or at its
-    time limit with requeues left (hydra.launcher.max_num_timeout), and submitit requeued it; the job's process must
-    exit without a result so that the requeued job runs the trial again (resuming from its checkpoint) and its
-    result is the one the sweeper reads. A trial's own sys.exit never passes through submitit's code."""
-    tb = e.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_globals.get("__name__", "").startswith("submitit."):
-            return True
-        tb = tb.tb_next
-    return False
-
-
 class AskTellGridSampler(optuna.samplers.GridSampler):
     """Optuna's grid sampler calls study.stop() from after_trial, which only works inside optimize(); the
     sweep loop checks is_exhausted() itself."""
@@ -178,33 +94,6 @@ class Job:
     key: str
     role: Optional[str] = None
     started: float = field(default_factory=time.perf_counter)
-
-
-def config_key(cfg: DictConfig) -> str:
-    """Identity of a trial's architecture and recipe: the resolved job config without what is no part of a trial
-    (NO_PART_OF_A_TRIAL) and without the INT8 settings while no INT8 model is scored."""
-    task = OmegaConf.to_container(job_config(cfg, drop=NO_PART_OF_A_TRIAL), resolve=True, enum_to_str=True)
-    return stable_hash(without_unused_int8_settings(task))
-
-
-def _without_settings_of_no_effect(recipe: dict) -> dict:
-    """A recipe as today's code writes it, without the settings that change no result: a study stored by older
-    code compares equal when it trained the same way."""
-    recipe = without_settings_of_no_effect(recipe)
-    generate = (recipe.get("data") or {}).get("generate")
-    if isinstance(generate, dict) and generate.get("sources") == "default":  # older studies predate the option
-        generate.pop("sources")
-    trainer = recipe.get("trainer")
-    if isinstance(trainer, dict):
-        if isinstance(trainer.get("baseline_trunk"), dict):
-            trainer["baseline_trunk"] = recipe_identity(trainer["baseline_trunk"])
-        recipe["trainer"] = recipe_identity(trainer)
-    evaluation, processing = recipe.get("evaluation"), (recipe.get("data") or {}).get("processing") or {}
-    for crop in ("template", "search"):  # evaluation.*_factor was a copy of data.processing.*.factor
-        old = evaluation.pop(f"{crop}_factor", None) if isinstance(evaluation, dict) else None
-        if old is not None and old != (processing.get(crop) or {}).get("factor"):
-            evaluation[f"{crop}_factor"] = old  # it differed: a real difference, kept
-    return recipe
 
 
 def _budget(budget: Any) -> dict[str, float]:
@@ -390,7 +279,7 @@ class SweeperImpl:
             raise SweepConfigError(
                 f"study {self.study_name!r} in {self.location} optimises {study.metric_names} {have}, but "
                 f"hydra.sweeper.objectives asks {names} {directions}: use another hydra.sweeper.study_name")
-        recipe = self._recipe(fixed)
+        recipe = study_recipe(fixed)
         if not study.metric_names:
             study.set_metric_names(names)
             study.set_user_attr(StudyAttr.OBJECTIVES, objective_entries(self.objectives))
@@ -398,7 +287,7 @@ class SweeperImpl:
             study.set_user_attr(StudyAttr.SPACE, {d.name: repr(d.distribution) for d in space.dimensions})
             study.set_user_attr(StudyAttr.RECIPE, recipe)
         elif StudyAttr.RECIPE in study.user_attrs and \
-                (changed := config_differences(_without_settings_of_no_effect(study.user_attrs[StudyAttr.RECIPE]),
+                (changed := config_differences(comparable_recipe(study.user_attrs[StudyAttr.RECIPE]),
                                                recipe)):
             old_version = study.user_attrs[StudyAttr.RECIPE].get("model_version", 1)
             raise SweepConfigError(
@@ -445,18 +334,6 @@ class SweeperImpl:
         copies = {retry_of(t.system_attrs): t.number for t in waiting}
         again = [f"{n} as trial {copies[n]}" for n in failed if n in copies]
         return f"; re-enqueued: {', '.join(again)}" if again else ""
-
-    @staticmethod
-    def _recipe(cfg: DictConfig) -> dict:
-        """Everything a trial inherits but the searched head: data, model (and its code version), trainer,
-        evaluation, resolved (from the config every trial starts from)."""
-        task = OmegaConf.to_container(job_config(cfg), resolve=True,
-                                      enum_to_str=True)
-        task.pop("head", None)
-        if isinstance(task.get("model"), dict):
-            task["model"].pop("head", None)
-        task["model_version"] = MODEL_VERSION
-        return _without_settings_of_no_effect(task)  # a JSON-safe copy
 
     def _compose(self, overrides: Sequence[str], number: Optional[int] = None) -> DictConfig:
         extra = [] if number is None else [f"hydra.sweeper.trial={number}"]
@@ -661,64 +538,9 @@ class SweeperImpl:
     # -- the confirmation stage ----------------------------------------------------------------------------
     def _confirmation_room(self, study: optuna.Study) -> bool:
         """Enqueues the repeats still missing (the front may change as seeds arrive), then: is one waiting?"""
-        self._plan_confirmation(study)
+        plan_confirmation(study, self.objectives, self.confirm)
         return any(t.user_attrs.get(TrialAttr.STAGE) == Stage.CONFIRM
                    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-
-    def _plan_confirmation(self, study: optuna.Study) -> list[int]:
-        """Enqueues, for the `confirm.front` most accurate non-dominated architectures (on their means over
-        seeds; every architecture with `confirm.every`) and the references, the seeds they lack to reach
-        `confirm.seeds`, within `confirm.max_trials`.
-        A seed counts once it is complete, running, waiting or failed (a failed repeat is not retried, unless its
-        sweep process died under it)."""
-        trials = study.get_trials(deepcopy=False)
-        again = retried(trials)  # a repeat re-run by a retry: one repeat
-        confirm_trials = [t for t in trials if t.user_attrs.get(TrialAttr.STAGE) == Stage.CONFIRM
-                          and t.number not in again]
-        left = None if self.confirm["max_trials"] is None else \
-            self.confirm["max_trials"] - len(confirm_trials)
-        groups: dict[str, list[FrozenTrial]] = {}
-        for t in trials:
-            head = t.user_attrs.get(TrialAttr.HEAD)
-            if head is None or t.user_attrs.get(TrialAttr.DUPLICATE_OF) is not None \
-                    or t.user_attrs.get(TrialAttr.ORPHANED):  # its sweep process died: that seed is asked again
-                continue
-            if t.state == TrialState.COMPLETE or t.user_attrs.get(TrialAttr.STAGE) == Stage.CONFIRM:
-                groups.setdefault(arch_key(head), []).append(t)
-        done = {a: [t for t in ts if t.state == TrialState.COMPLETE and t.values] for a, ts in groups.items()}
-        done = {a: ts for a, ts in done.items() if ts}
-        if not done:
-            return []
-        means = {a: [sum(t.values[i] for t in ts) / len(ts) for i in range(len(self.objectives))]
-                 for a, ts in done.items()}
-        mask = non_dominated(list(means.values()), self.objectives)
-        sign = -1.0 if self.objectives[0].direction == "maximize" else 1.0
-        front = sorted((a for a, m in zip(means, mask) if m), key=lambda a: sign * means[a][0])
-        chosen = sorted(means, key=lambda a: sign * means[a][0]) if self.confirm["every"] else \
-            front[: self.confirm["front"]]
-        chosen += [a for a in done if a not in chosen and any(t.user_attrs.get(TrialAttr.ROLE) for t in done[a])]
-        enqueued = []
-        for arch in chosen:
-            first = min(done[arch], key=lambda t: t.number)
-            seeds = {t.user_attrs.get(TrialAttr.SEED) for t in groups[arch]}
-            base = first.user_attrs.get(TrialAttr.SEED) or 0
-            missing = [base + i for i in range(1, 100 * self.confirm["seeds"]) if base + i not in seeds]
-            for seed in missing[: max(self.confirm["seeds"] - len(seeds), 0)]:
-                if left is not None and left <= 0:
-                    return enqueued
-                # the head and seed are known now: a waiting repeat counts, and is not enqueued twice
-                study.enqueue_trial(dict(first.params), user_attrs={
-                    TrialAttr.STAGE: Stage.CONFIRM, TrialAttr.CONFIRM_SEED: seed, TrialAttr.REPEAT_OF: first.number,
-                    TrialAttr.HEAD: first.user_attrs[TrialAttr.HEAD], TrialAttr.SEED: seed,
-                    **({TrialAttr.ROLE: first.user_attrs[TrialAttr.ROLE]} if first.user_attrs.get(TrialAttr.ROLE)
-                       else {})})
-                seeds.add(seed)
-                enqueued.append(seed)
-                left = None if left is None else left - 1
-        if enqueued:
-            log.info("confirmation stage: %d repeat(s) enqueued (%d seeds per architecture, %d front member(s) "
-                     "and the references)", len(enqueued), self.confirm["seeds"], len(chosen))
-        return enqueued
 
     def _prepare(self, study: optuna.Study, trial: optuna.Trial, space: Space, batch: list[Job],
                  deferred: list) -> Optional[Job]:
