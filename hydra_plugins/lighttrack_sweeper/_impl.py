@@ -39,10 +39,10 @@ from tracker.io import atomic_write_text, stable_hash
 from tracker.version import MODEL_VERSION
 
 from ._confirmation import plan_confirmation
-from .jobs import INTERMEDIATE_FIDELITIES, INTERMEDIATE_KEY
-from .launch import batch_size, is_submitit, launch
 from ._outcome import Outcome, TimedTask, threads_per_job
 from ._recipe import comparable_recipe, config_key, study_recipe
+from .jobs import INTERMEDIATE_FIDELITIES, INTERMEDIATE_KEY
+from .launch import batch_size, is_submitit, launch
 from .workers import Workers
 
 log = logging.getLogger(__name__)
