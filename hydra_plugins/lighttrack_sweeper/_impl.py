@@ -756,8 +756,9 @@ class SweeperImpl:
 
     def _progress(self, study: optuna.Study) -> str:
         """`search 7/14 · confirm 2/6 · ETA 6 min · best auc 30.6 · front 3`: where the sweep stands after a
-        trained trial (ETA from this process's mean trial time; the confirmation stage's size is what is
-        queued now: the front may still change it)."""
+        trained trial. ETA: the trials left at the study's mean trial time, over the trials that run at once (n_jobs
+        in each of the `workers` sweep processes); the confirmation stage's size is what is queued now: the front
+        may still change it."""
         trials = study.get_trials(deepcopy=False)
         trained = [t for t in trials if t.user_attrs.get(TrialAttr.TRAINED) and t.state in FINISHED]
         search = sum(t.user_attrs.get(TrialAttr.STAGE, Stage.SEARCH) == Stage.SEARCH for t in trained)
@@ -771,7 +772,7 @@ class SweeperImpl:
         durations = [t.user_attrs[TrialAttr.DURATION_S] for t in trained if TrialAttr.DURATION_S in t.user_attrs]
         left = (max(self.max_trials - search, 0) if self.max_trials else 0) + confirm_queued
         if durations and left:
-            eta = left * sum(durations) / len(durations) / max(self.n_jobs or 1, 1)
+            eta = left * sum(durations) / len(durations) / max((self.n_jobs or 1) * self.workers, 1)
             parts.append(f"ETA {eta / 60:.0f} min" if eta >= 90 else f"ETA {eta:.0f} s")
         complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
         if complete:
