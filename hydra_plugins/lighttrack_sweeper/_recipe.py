@@ -44,8 +44,7 @@ def comparable_recipe(recipe: dict) -> dict:
 def study_recipe(cfg: DictConfig) -> dict:
     """Everything a trial inherits but the searched head: data, model (and its code version), trainer,
     evaluation, resolved (from the config every trial starts from)."""
-    task = OmegaConf.to_container(job_config(cfg), resolve=True,
-                                  enum_to_str=True)
+    task = OmegaConf.to_container(job_config(cfg), resolve=True, enum_to_str=True)
     task.pop("head", None)
     if isinstance(task.get("model"), dict):
         task["model"].pop("head", None)

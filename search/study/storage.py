@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import optuna
-from optuna.storages import RDBStorage
+from optuna.storages import JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
 
 from .liveness import Heartbeat, HeartbeatJournalStorage
 from .retry import RetryingRDBStorage
@@ -108,9 +109,6 @@ def _journal_storage(path: str, device: int, inode: int, heartbeat: Optional[Hea
     """The journal file that is (device, inode) at `path`. The storage holds the file open for as long as it
     lives, so that no file created later can be given that inode (file systems reuse a deleted file's inode
     at once) and be served this storage's stale replay."""
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
     pin = os.open(path, os.O_RDONLY)
     opened = os.fstat(pin)
     if (opened.st_dev, opened.st_ino) != (device, inode):
